@@ -1,0 +1,132 @@
+"""The `guidance:` spec: one choice per axis (reference × rule × schedule × policy), a scale and a rescale.
+
+`load` turns a mapping, a YAML run-config path or a `Guidance` into a validated `Guidance`; every problem
+becomes one `GuidanceError` paragraph naming the field, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import GuidanceError
+from .policies import POLICIES, Policy
+from .policies.always import Always
+from .references import REFERENCES, Reference
+from .references.uncond import Uncond
+from .registry import did_you_mean
+from .rules import RULES, Rule
+from .rules.cfg import CFG
+from .schedules import SCHEDULES, Schedule
+from .schedules.base import AbsoluteSchedule
+from .schedules.constant import Constant
+
+AXES = {"rule": RULES, "reference": REFERENCES, "schedule": SCHEDULES, "policy": POLICIES}
+
+
+class Guidance(BaseModel):
+    """A complete guidance method. Strategies keep their per-run state privately; a session works on a copy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    scale: float | None = Field(None, description="diffusers' w (λ for cfgpp); default: the rule's")
+    rule: Rule = Field(default_factory=CFG)
+    reference: Reference = Field(default_factory=Uncond)
+    schedule: Schedule = Field(default_factory=Constant)
+    policy: Policy = Field(default_factory=Always)
+    rescale: float = Field(0.0, ge=0.0, le=1.0, description="guidance rescale φ (Lin et al.)")
+
+    @field_validator("rule", "reference", "schedule", "policy", mode="before")
+    @classmethod
+    def _build(cls, value: Any, info: Any) -> Any:
+        return AXES[info.field_name].build(value)
+
+    @field_validator("scale", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ValueError(f"scale must be a number, not {type(value).__name__} {value!r}")
+        return None if value is None else float(value)
+
+    @model_validator(mode="after")
+    def _combination(self) -> Guidance:
+        self.rule.check_scale(self.resolved_scale)
+        if self.rule.corrects_sampler and isinstance(self.schedule, AbsoluteSchedule):
+            raise GuidanceError(
+                f"The schedule '{self.schedule.name}' sets w − 1 directly and has no meaning for CFG++'s λ. "
+                "Combine cfgpp with a shape schedule (constant, linear, cosine, …) or interval."
+            )
+        return self
+
+    @property
+    def resolved_scale(self) -> float:
+        return self.rule.default_scale if self.scale is None else self.scale
+
+    def to_spec(self) -> dict[str, Any]:
+        """A plain mapping that `load` turns back into an equal Guidance."""
+        return {"scale": self.resolved_scale, "rule": self.rule.to_spec(), "reference": self.reference.to_spec(),
+                "schedule": self.schedule.to_spec(), "policy": self.policy.to_spec(), "rescale": self.rescale}
+
+    def __str__(self) -> str:
+        return (f"{self.rule} × {self.reference} × {self.schedule} × {self.policy}, scale={self.resolved_scale}"
+                + (f", rescale={self.rescale}" if self.rescale else ""))
+
+
+def rescale_guided(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.Tensor:
+    """Guidance rescale (Lin et al., arXiv 2305.08891, Eq. 15–16): match the std of the conditional output."""
+    dims = list(range(1, guided.ndim))
+    rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return phi * rescaled + (1 - phi) * guided
+
+
+def _message(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "guidance"
+        if item["type"] == "extra_forbidden":
+            hint = did_you_mean(where, list(Guidance.model_fields))
+            problems.append(f"'{where}' is not a guidance key.{hint} Allowed keys: {', '.join(Guidance.model_fields)}")
+        elif item["type"] == "value_error":
+            problems.append(str(item["ctx"]["error"]) if "ctx" in item else item["msg"])
+        else:
+            problems.append(f"guidance.{where} = {item.get('input')!r}: {item['msg']}")
+    return " ".join(p if p.endswith(".") else p + "." for p in problems)
+
+
+def _read_run_config(path: Path) -> Mapping[str, Any]:
+    if not path.is_file():
+        raise GuidanceError(f"No guidance spec file at '{path}'. Pass an existing YAML run config (with a "
+                            "top-level `guidance:` section) or a mapping such as {'rule': 'apg', 'scale': 7.5}.")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise GuidanceError(f"'{path}' is not valid YAML ({str(error).splitlines()[0]}). Fix the syntax; "
+                            "`guidance validate FILE` points at the line.") from None
+    if not isinstance(config, Mapping) or "guidance" not in config:
+        raise GuidanceError(f"'{path}' has no top-level `guidance:` section. Add one, e.g.\n"
+                            "guidance:\n  rule: apg\n  scale: 7.5")
+    section = config["guidance"]
+    return {} if section is None else section
+
+
+def load(spec: Guidance | Mapping[str, Any] | str | Path | None = None) -> Guidance:
+    """A validated Guidance from a Guidance, the `guidance:` mapping, or a YAML run-config path."""
+    if isinstance(spec, Guidance):
+        return spec
+    if spec is None:
+        spec = {}
+    if isinstance(spec, str | Path):
+        spec = _read_run_config(Path(spec))
+    if not isinstance(spec, Mapping):
+        raise GuidanceError(f"A guidance spec must be a mapping, a YAML path or a Guidance, not "
+                            f"{type(spec).__name__}. Example: {{'rule': 'apg', 'scale': 7.5}}.")
+    try:
+        return Guidance.model_validate(dict(spec))
+    except ValidationError as error:
+        raise GuidanceError(_message(error)) from None
+

@@ -1,0 +1,65 @@
+"""References: what the conditional prediction is contrasted against."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Protocol
+
+import torch
+from pydantic import Field, PrivateAttr
+
+from ..strategy import Strategy
+
+
+class ReferenceRows(Protocol):
+    """The reference rows of one denoiser call, as a reference strategy may change them.
+
+    `kind` is "class" (class labels), "text" (prompt embeddings) or "none" (unconditional model).
+    """
+
+    kind: str
+    num_classes: int | None
+
+    def __len__(self) -> int: ...
+
+    def class_labels(self) -> torch.Tensor: ...
+
+    def set_class_labels(self, labels: torch.Tensor) -> None: ...
+
+    def embeddings(self) -> dict[str, torch.Tensor]: ...
+
+    def set_embeddings(self, embeddings: dict[str, torch.Tensor]) -> None: ...
+
+    def prompt_bank(self) -> dict[str, torch.Tensor]: ...
+
+
+class Reference(Strategy):
+    """Decides the inputs of the reference rows.
+
+    `from_condition`: the reference rows are copies of the conditional rows (same x_t, t and condition),
+    which `prepare` then changes; otherwise they are the pipeline's own unconditional/negative rows.
+    `perturbs_time_embedding`: the session hooks the denoiser's time embedding and adds
+    `time_noise(...)` to the reference rows' embedding.
+    """
+
+    from_condition: ClassVar[bool] = False
+    perturbs_time_embedding: ClassVar[bool] = False
+
+    def reset(self) -> None:
+        """Forget per-run state (called at the start of every pipeline call)."""
+
+    def prepare(self, rows: ReferenceRows) -> None:
+        """Change the reference rows' conditions in place (called at every step)."""
+
+    def time_noise(self, shape: torch.Size, t: float) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class SeededReference(Reference):
+    """A reference that draws random numbers from its own generator, re-seeded at every pipeline call."""
+
+    seed: int = Field(0, ge=0)
+
+    _generator: torch.Generator | None = PrivateAttr(None)
+
+    def reset(self) -> None:
+        self._generator = torch.Generator().manual_seed(self.seed)

@@ -1,0 +1,59 @@
+"""CFG++ sampler corrections: turn a scheduler's CFG step into the CFG++ step.
+
+The denoiser hands the scheduler g = u + λ·(c − u) (so x̂0 = x̂0_λ); CFG++ (Chung et al., ICLR 2025,
+arXiv 2406.08070) renoises with the unconditional noise estimate instead of ε_λ. For single-step samplers
+the difference is exact and additive: x'_CFG++ = x'_CFG + s'·(n̂_u − n̂_λ), s' being the noise coefficient of
+the scheduler's next state.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from ..errors import GuidanceError
+from ..plan import StepTable
+from ..spaces import noise_gain
+
+
+class SamplerCorrection:
+    """The CFG++ step for one scheduler class (per-run state lives on the instance)."""
+
+    scheduler_class: ClassVar[str]
+
+    def check(self, scheduler: Any) -> None:
+        """Raise GuidanceError for scheduler settings this correction does not implement."""
+
+    def reset(self) -> None:
+        """Forget per-run state."""
+
+    def correct(self, scheduler: Any, index: int, steps: StepTable, sample: torch.Tensor,
+                prev_sample: torch.Tensor, u: torch.Tensor, g: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        """The CFG++ next state, given the scheduler's CFG next state `prev_sample` computed from g."""
+        raise NotImplementedError
+
+
+def refuse(scheduler: Any, setting: str, fix: str) -> GuidanceError:
+    return GuidanceError(f"CFG++ on {type(scheduler).__name__} does not support {setting}. {fix}")
+
+
+def tile(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """Repeat a B-row tensor to `rows` rows (DiT steps its doubled batch through the scheduler)."""
+    return x if x.shape[0] == rows else x.repeat(rows // x.shape[0], *([1] * (x.ndim - 1)))
+
+
+class SingleStepCorrection(SamplerCorrection):
+    """x' += s'·k·(u − g) with s' the next state's noise coefficient and k from the prediction type."""
+
+    def next_noise(self, scheduler: Any, index: int, steps: StepTable, kwargs: dict[str, Any]) -> float:
+        raise NotImplementedError
+
+    def correct(self, scheduler: Any, index: int, steps: StepTable, sample: torch.Tensor,
+                prev_sample: torch.Tensor, u: torch.Tensor, g: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        gain = noise_gain(steps.a[index], steps.s[index], steps.prediction_type)
+        coefficient = self.next_noise(scheduler, index, steps, kwargs) * gain
+        if coefficient == 0.0:
+            return prev_sample
+        shift = coefficient * (u.float() - g.float())
+        return (prev_sample.float() + tile(shift, prev_sample.shape[0])).to(prev_sample.dtype)

@@ -1,0 +1,30 @@
+"""CFG++ on DDIM (Chung et al., ICLR 2025, arXiv 2406.08070, Algorithm 1):
+x_{t−1} = sqrt(ᾱ_{t−1})·x̂0_λ + sqrt(1 − ᾱ_{t−1} − σ_η²)·ε_u + σ_η·z (σ_η = 0 for the paper's η = 0).
+The previous ᾱ follows diffusers' DDIM exactly (t − T/N, the final ᾱ at the last step).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..plan import StepTable
+from .base import SingleStepCorrection, refuse
+
+
+class DDIMCorrection(SingleStepCorrection):
+    scheduler_class = "DDIMScheduler"
+
+    def check(self, scheduler: Any) -> None:
+        if scheduler.config.clip_sample or scheduler.config.thresholding:
+            raise refuse(scheduler, "clip_sample or thresholding (x̂0 clipping changes ε)",
+                         "Build the scheduler with clip_sample=False, thresholding=False.")
+
+    def next_noise(self, scheduler: Any, index: int, steps: StepTable, kwargs: dict[str, Any]) -> float:
+        t = int(steps.timesteps[index])
+        prev_t = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+        alpha = float(scheduler.alphas_cumprod[t])
+        alpha_prev = float(scheduler.alphas_cumprod[prev_t]) if prev_t >= 0 else float(scheduler.final_alpha_cumprod)
+        eta = float(kwargs.get("eta", 0.0) or 0.0)
+        variance = (1 - alpha_prev) / (1 - alpha) * (1 - alpha / alpha_prev)
+        return math.sqrt(max(1.0 - alpha_prev - eta**2 * variance, 0.0))

@@ -1,0 +1,111 @@
+"""Per-family knowledge the session needs: batch layout, condition fields, time embedding, how to run."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from torch import nn
+
+from guidance.errors import GuidanceError
+
+from ..call import DenoiserCall, Path
+
+# Prompts for ICG's `prompt` source: generic, mutually unrelated captions.
+RANDOM_PROMPTS = (
+    "a photograph of a mountain lake at dawn", "a bowl of ramen on a wooden table", "an old red bicycle",
+    "a portrait of an elderly fisherman", "a city street at night in the rain", "a watercolor of tulips",
+    "a golden retriever running on a beach", "the interior of a gothic cathedral", "a plate of sushi",
+    "a snowy forest with a small cabin", "a vintage typewriter", "an astronaut floating in space",
+    "a herd of zebras on the savanna", "a cup of coffee with latte art", "a lighthouse on a rocky coast",
+    "a child flying a kite in a park",
+)
+
+
+class Adapter:
+    """How guidance plugs into one pipeline family."""
+
+    family: ClassVar[str]
+    denoiser_attr: ClassVar[str] = "unet"
+    cond_first: ClassVar[bool] = False
+    separate_calls: ClassVar[bool] = False
+    embedding_fields: ClassVar[tuple[Path, ...]] = (("encoder_hidden_states",),)
+    class_field: ClassVar[Path | None] = None
+    skip_keys: ClassVar[frozenset[str]] = frozenset()
+    timestep_scale: ClassVar[float] = 1.0  # denoiser timestep argument × this = the scheduler's timestep
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+        self._bank: dict[str, torch.Tensor] | None = None
+
+    @property
+    def denoiser(self) -> nn.Module:
+        return getattr(self.pipe, self.denoiser_attr)
+
+    @property
+    def condition_kind(self) -> str:
+        return "text"
+
+    def num_classes(self, pipe: Any) -> int | None:
+        return None
+
+    def prediction_channels(self) -> int | None:
+        """Output channels holding the prediction when the denoiser also predicts a variance, else None."""
+        config = self.denoiser.config
+        out, inp = config.get("out_channels"), config.get("in_channels")
+        return inp if out is not None and inp is not None and out == 2 * inp else None
+
+    def time_embedders(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    @property
+    def output_class(self) -> type:
+        return Transformer2DModelOutput
+
+    def zero_output(self, sample: torch.Tensor) -> torch.Tensor:
+        """A zero prediction for `sample` (both halves of a learned-sigma output)."""
+        zero = torch.zeros_like(sample)
+        return torch.cat([zero, zero], dim=1) if self.prediction_channels() else zero
+
+    def check_doubled(self, call: DenoiserCall) -> None:
+        """Raise unless the call is the pipeline's doubled CFG batch."""
+        flag = getattr(self.pipe, "do_classifier_free_guidance", None)
+        if flag is False or call.batch % 2:
+            raise GuidanceError(
+                f"The {type(self.pipe).__name__} call is not running classifier-free guidance, so there is no "
+                "reference batch to guide with. With guidance.attach pass guidance_scale > 1 (any value: the "
+                "guidance spec sets the strength), or use guidance.run, which does it for you."
+            )
+
+    def cond_rows(self, batch: int) -> slice:
+        return slice(0, batch) if self.cond_first else slice(batch, 2 * batch)
+
+    def reference_rows(self, batch: int) -> slice:
+        return slice(batch, 2 * batch) if self.cond_first else slice(0, batch)
+
+    def run_kwargs(self, kwargs: dict[str, Any], needs_pipeline_reference: bool) -> dict[str, Any]:
+        """The pipeline call arguments for guidance.run: CFG batching switched on."""
+        for key in ("guidance_scale", "guidance_rescale"):
+            if key in kwargs:
+                raise GuidanceError(
+                    f"guidance.run sets the pipeline's {key} itself; put the strength in the spec instead "
+                    "(`scale`, `rescale`), or use guidance.attach to call the pipeline yourself."
+                )
+        return {**kwargs, "guidance_scale": 2.0}
+
+    def encode_prompts(self, prompts: list[str], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise GuidanceError(f"ICG's `prompt` source is not implemented for {type(self.pipe).__name__}; use "
+                            "source: gaussian.")
+
+    def prompt_bank(self, pipe: Any, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """RANDOM_PROMPTS encoded by the pipeline's own text encoder(s), once per session."""
+        if self._bank is None:
+            if getattr(pipe, "text_encoder", None) is None:
+                raise GuidanceError(
+                    f"ICG's `prompt` source needs the pipeline's text encoder, but this {type(pipe).__name__} "
+                    "has none (it was built or called with embeddings only). Use source: gaussian."
+                )
+            with torch.no_grad():
+                self._bank = self.encode_prompts(list(RANDOM_PROMPTS), like)
+        return self._bank

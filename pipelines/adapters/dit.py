@@ -1,0 +1,42 @@
+"""DiT: class-conditional transformer; its CFG batch is [cond; uncond] with the null class 1000.
+
+Every block has its own timestep embedder (`transformer_blocks[i].norm1.emb.timestep_embedder`, block 0's also
+feeds the final layer): TSG perturbs all of them with the same noise. Only the first half of the output
+channels is the prediction (learned sigma).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from guidance.errors import GuidanceError
+
+from ..call import DenoiserCall
+from .base import Adapter
+
+
+class DiTAdapter(Adapter):
+    family = "dit"
+    denoiser_attr = "transformer"
+    cond_first = True
+    embedding_fields = ()
+    class_field = ("class_labels",)
+
+    @property
+    def condition_kind(self) -> str:
+        return "class"
+
+    def num_classes(self, pipe: Any) -> int | None:
+        return int(self.denoiser.config.num_embeds_ada_norm)
+
+    def time_embedders(self) -> list[nn.Module]:
+        return [block.norm1.emb.timestep_embedder for block in self.denoiser.transformer_blocks]
+
+    def check_doubled(self, call: DenoiserCall) -> None:
+        labels = call.get(self.class_field)
+        null = self.num_classes(self.pipe)
+        if call.batch % 2 or labels is None or not bool((labels[call.batch // 2:] == null).all()):
+            raise GuidanceError("The DiTPipeline call is not running classifier-free guidance. With guidance.attach "
+                                "pass guidance_scale > 1, or use guidance.run, which does it for you.")

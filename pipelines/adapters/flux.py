@@ -1,0 +1,54 @@
+"""Flux: true CFG runs the conditional and the negative prompt as two separate transformer calls per step.
+
+The session evaluates the conditional call, waits for the negative call (reference `uncond`), and writes the
+guided prediction into both outputs so the pipeline's own `neg + s·(cond − neg)` yields it exactly. ICG and TSG
+build their reference rows from the conditional call itself, so they need no negative prompt. Flux's
+`guidance_scale` stays the distilled-guidance input; `true_cfg_scale` is switched on by guidance.run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from guidance.errors import GuidanceError
+
+from ..call import DenoiserCall
+from .base import Adapter
+
+
+class FluxAdapter(Adapter):
+    family = "flux"
+    denoiser_attr = "transformer"
+    separate_calls = True
+    embedding_fields = (("encoder_hidden_states",), ("pooled_projections",))
+    skip_keys = frozenset({"img_ids", "txt_ids"})
+    timestep_scale = 1000.0
+
+    def time_embedders(self) -> list[nn.Module]:
+        return [self.denoiser.time_text_embed.timestep_embedder]
+
+    def check_doubled(self, call: DenoiserCall) -> None:
+        """Flux never doubles its batch."""
+
+    def run_kwargs(self, kwargs: dict[str, Any], needs_pipeline_reference: bool) -> dict[str, Any]:
+        if "true_cfg_scale" in kwargs:
+            raise GuidanceError("guidance.run sets Flux's true_cfg_scale itself; put the strength in the spec's "
+                                "`scale` (Flux's guidance_scale stays the distilled-guidance input).")
+        kwargs = dict(kwargs)
+        if not needs_pipeline_reference:
+            return {**kwargs, "true_cfg_scale": 1.0}
+        if kwargs.get("negative_prompt_embeds") is None and kwargs.get("negative_prompt") is None:
+            if kwargs.get("prompt_embeds") is not None:
+                raise GuidanceError("Flux with reference `uncond` needs a negative prompt: pass negative_prompt_embeds "
+                                    "and negative_pooled_prompt_embeds with your prompt_embeds (or use icg/tsg).")
+            kwargs["negative_prompt"] = ""
+        return {**kwargs, "true_cfg_scale": 2.0}
+
+    def encode_prompts(self, prompts: list[str], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        embeds, pooled, _ = self.pipe.encode_prompt(
+            prompt=prompts, prompt_2=None, device=self.pipe._execution_device, num_images_per_prompt=1,
+            max_sequence_length=like["encoder_hidden_states"].shape[1])
+        return {"encoder_hidden_states": embeds, "pooled_projections": pooled}

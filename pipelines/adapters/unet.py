@@ -1,0 +1,62 @@
+"""UNet pipelines: Stable Diffusion 1.x/2.x, SDXL, and class-conditional UNet2DModel pipelines.
+
+Batch [uncond; cond]; the time embedding is `unet.time_embedding` (class and SDXL's added text/time
+embeddings are added after it and stay untouched by TSG).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers.models.unets.unet_2d import UNet2DOutput
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+from torch import nn
+
+from .base import Adapter
+
+
+class UNetAdapter(Adapter):
+    """Any pipeline whose `unet` sees the doubled [uncond; cond] batch."""
+
+    family = "unet"
+    class_field = ("class_labels",)
+
+    @property
+    def condition_kind(self) -> str:
+        config = self.denoiser.config
+        if config.get("cross_attention_dim") is not None and config.get("num_class_embeds") is None:
+            return "text"
+        return "class" if config.get("num_class_embeds") else "none"
+
+    def num_classes(self, pipe: Any) -> int | None:
+        if getattr(pipe, "num_classes", None) is not None:
+            return int(pipe.num_classes)
+        embeds = self.denoiser.config.get("num_class_embeds")
+        return None if embeds is None else int(embeds) - 1  # the last class is the null class
+
+    def time_embedders(self) -> list[nn.Module]:
+        return [self.denoiser.time_embedding]
+
+    @property
+    def output_class(self) -> type:
+        if type(self.denoiser).__name__ == "UNet2DModel":
+            return UNet2DOutput
+        return UNet2DConditionOutput
+
+    def encode_prompts(self, prompts: list[str], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        embeds, _ = self.pipe.encode_prompt(prompts, self.pipe._execution_device, 1, False)
+        return {"encoder_hidden_states": embeds}
+
+
+class SDXLAdapter(UNetAdapter):
+    """SDXL: the pooled text embedding in added_cond_kwargs is part of the condition."""
+
+    family = "sdxl"
+    embedding_fields = (("encoder_hidden_states",), ("added_cond_kwargs", "text_embeds"))
+
+    def encode_prompts(self, prompts: list[str], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        embeds, _, pooled, _ = self.pipe.encode_prompt(
+            prompt=prompts, device=self.pipe._execution_device, num_images_per_prompt=1,
+            do_classifier_free_guidance=False)
+        return {"encoder_hidden_states": embeds, "added_cond_kwargs/text_embeds": pooled}

@@ -1,0 +1,130 @@
+"""One denoiser call as data: its arguments by name, with row selection over every batched tensor."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+Rows = slice | torch.Tensor
+Path = tuple[str, ...]
+
+
+def _take(value: Any, rows: Rows, batch: int, skip: frozenset[str], key: str = "") -> Any:
+    if key in skip:
+        return value
+    if isinstance(value, torch.Tensor):
+        if value.ndim > 0 and value.shape[0] == batch:
+            return value[rows] if isinstance(rows, slice) else value.index_select(0, rows)
+        return value
+    if isinstance(value, Mapping):
+        return {k: _take(v, rows, batch, skip, k) for k, v in value.items()}
+    return value
+
+
+def _concat(parts: list[Any], skip: frozenset[str], batch: int, key: str = "") -> Any:
+    first = parts[0]
+    if key in skip:
+        return first
+    if isinstance(first, torch.Tensor) and first.ndim > 0 and first.shape[0] == batch:
+        return torch.cat(parts)
+    if isinstance(first, Mapping):
+        return {k: _concat([p[k] for p in parts], skip, batch, k) for k in first}
+    return first
+
+
+class DenoiserCall:
+    """The bound arguments of a denoiser forward; `batch` is the row count of the sample (first argument)."""
+
+    def __init__(self, arguments: dict[str, Any], sample_name: str, skip: frozenset[str] = frozenset()) -> None:
+        self.arguments = arguments
+        self.sample_name = sample_name
+        self.skip = skip
+
+    @classmethod
+    def bind(cls, signature: inspect.Signature, args: tuple, kwargs: dict[str, Any],
+             skip: frozenset[str] = frozenset()) -> DenoiserCall:
+        bound = signature.bind(*args, **kwargs).arguments
+        arguments: dict[str, Any] = {}
+        for name, value in bound.items():
+            kind = signature.parameters[name].kind
+            if kind is inspect.Parameter.VAR_KEYWORD:
+                arguments.update(value)
+            elif kind is not inspect.Parameter.VAR_POSITIONAL:
+                arguments[name] = value
+        return cls(arguments, next(iter(signature.parameters)), skip)
+
+    @property
+    def sample(self) -> torch.Tensor:
+        return self.arguments[self.sample_name]
+
+    @property
+    def batch(self) -> int:
+        return self.sample.shape[0]
+
+    def take(self, rows: Rows) -> DenoiserCall:
+        """The call restricted to `rows` (a slice gives views, an index tensor copies)."""
+        return DenoiserCall(_take(self.arguments, rows, self.batch, self.skip), self.sample_name, self.skip)
+
+    @staticmethod
+    def concat(calls: list[DenoiserCall]) -> DenoiserCall:
+        first = calls[0]
+        arguments = _concat([c.arguments for c in calls], first.skip, first.batch)
+        return DenoiserCall(arguments, first.sample_name, first.skip)
+
+    def get(self, path: Path) -> Any:
+        value: Any = self.arguments
+        for key in path:
+            if not isinstance(value, Mapping) or value.get(key) is None:
+                return None
+            value = value[key]
+        return value
+
+    def set(self, path: Path, value: Any) -> None:
+        """Replace the value at `path` (nested dicts are copied, never mutated)."""
+        head, *rest = path
+        if rest:
+            inner = dict(self.arguments.get(head) or {})
+            child = DenoiserCall(inner, self.sample_name)
+            child.set(tuple(rest), value)
+            value = child.arguments
+        self.arguments = {**self.arguments, head: value}
+
+    def run(self, forward: Callable[..., Any]) -> Any:
+        return forward(**self.arguments)
+
+
+class RowView:
+    """The reference rows [start, stop) of a call, as `guidance.references.ReferenceRows` sees them."""
+
+    def __init__(self, call: DenoiserCall, rows: slice, adapter: Any, pipe: Any) -> None:
+        self.call, self.rows, self.adapter, self.pipe = call, rows, adapter, pipe
+        self.kind = adapter.condition_kind
+        self.num_classes = adapter.num_classes(pipe)
+
+    def __len__(self) -> int:
+        return self.rows.stop - self.rows.start
+
+    def _replace_rows(self, path: Path, value: torch.Tensor) -> None:
+        full = self.call.get(path).clone()
+        full[self.rows] = value.to(full.device, full.dtype)
+        self.call.set(path, full)
+
+    def class_labels(self) -> torch.Tensor:
+        return self.call.get(self.adapter.class_field)[self.rows]
+
+    def set_class_labels(self, labels: torch.Tensor) -> None:
+        self._replace_rows(self.adapter.class_field, labels)
+
+    def embeddings(self) -> dict[str, torch.Tensor]:
+        found = {"/".join(p): self.call.get(p) for p in self.adapter.embedding_fields}
+        return {k: v[self.rows] for k, v in found.items() if v is not None}
+
+    def set_embeddings(self, embeddings: dict[str, torch.Tensor]) -> None:
+        for key, value in embeddings.items():
+            self._replace_rows(tuple(key.split("/")), value)
+
+    def prompt_bank(self) -> dict[str, torch.Tensor]:
+        return self.adapter.prompt_bank(self.pipe, self.embeddings())

@@ -1,0 +1,411 @@
+"""Tiny random-weight diffusers pipelines for fast, offline tests of guidance mechanics.
+
+Every builder seeds torch (``torch.manual_seed(seed)``) and builds its components from configs, so two
+builds with the same seed have identical weights. A 4-step call takes milliseconds on a CPU.
+``tiny_call_kwargs`` returns matching, seed-deterministic call arguments for each family.
+
+Family notes (diffusers 0.42):
+
+- ``sd``/``sdxl``/``sd3``/``pixart`` build one CFG batch ``[uncond; cond]``; ``dit`` builds ``[cond; uncond]``
+  (class 1000 is the null class); ``flux`` runs true CFG as two separate denoiser calls (cond, then uncond).
+- ``pixart`` and ``dit`` transformers predict a learned sigma (``out_channels = 2 * in_channels``): only the
+  first ``in_channels`` output channels are the noise prediction.
+- ``dit`` has no latent output type (the kwargs ask for ``output_type="pt"``: decoded images in [0, 1]) and
+  no ``callback_on_step_end``; ``pixart`` has only the legacy ``callback``/``callback_steps``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    DiTPipeline,
+    DiTTransformer2DModel,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    PixArtAlphaPipeline,
+    PixArtSigmaPipeline,
+    PixArtTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from tokenizers.pre_tokenizers import ByteLevel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+FAMILIES = ("sd", "sdxl", "sd3", "flux", "pixart", "pixart_sigma", "dit")
+SCHEDULERS = ("ddim", "euler", "dpmpp_2m", "ddpm", "flow_euler")
+
+TOKENIZER_MAX_LENGTH = 16
+TEXT_DIM = 32  # hidden size of every tiny text encoder and of the embeddings fed to SD3/Flux/PixArt
+TEXT_SEQ_LEN = 8  # token count of the embeddings returned by ``tiny_call_kwargs``
+IMAGE_SIZE = 16  # pixels; every tiny VAE downsamples by 2, so latents are 8 x 8
+NULL_CLASS = 1000  # DiT's null class id (``num_embeds_ada_norm``)
+
+_LATENT_SIZE = IMAGE_SIZE // 2
+_PROMPT_WORDS = ("cat", "dog", "owl", "fox", "cow", "bee", "elk", "ant")
+# Stable Diffusion 1.x scheduler config (scaled-linear betas, "leading" spacing, no clipping), the base
+# of every tiny diffusion (non-flow) pipeline's scheduler.
+_SD_SCHEDULER_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+}
+_SCHEDULER_OVERRIDES: dict[str, tuple[type, dict[str, Any]]] = {
+    "ddim": (DDIMScheduler, {}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "ddpm": (DDPMScheduler, {}),
+    "flow_euler": (FlowMatchEulerDiscreteScheduler, {}),
+}
+
+
+def tiny_tokenizer() -> CLIPTokenizer:
+    """A byte-level CLIP tokenizer built in memory (no merges: one token per character)."""
+    alphabet = sorted(ByteLevel.alphabet())
+    symbols = [*alphabet, *(s + "</w>" for s in alphabet), "<|startoftext|>", "<|endoftext|>"]
+    vocab = {symbol: i for i, symbol in enumerate(symbols)}
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=TOKENIZER_MAX_LENGTH)
+
+
+def _text_config(tokenizer: CLIPTokenizer, **overrides: Any) -> CLIPTextConfig:
+    """A 2-layer CLIP text config whose special-token ids match ``tokenizer``."""
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=TEXT_DIM,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=TOKENIZER_MAX_LENGTH,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **overrides,
+    )
+
+
+def _vae(**overrides: Any) -> AutoencoderKL:
+    """A 2-level VAE (downsampling factor 2) with 4 latent channels."""
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=IMAGE_SIZE,
+        **overrides,
+    )
+
+
+def _finish(pipe: DiffusionPipeline) -> DiffusionPipeline:
+    """Put the pipeline in its test state: eval mode, no progress bars."""
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_sd(
+    seed: int = 0, prediction_type: str = "epsilon", scheduler: str = "ddim"
+) -> StableDiffusionPipeline:
+    """Tiny Stable Diffusion 1.x pipeline (UNet with cross-attention, CLIP text encoder)."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=_LATENT_SIZE,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        attention_head_dim=2,
+        cross_attention_dim=TEXT_DIM,
+    )
+    tokenizer = tiny_tokenizer()
+    pipe = StableDiffusionPipeline(
+        vae=_vae(),
+        text_encoder=CLIPTextModel(_text_config(tokenizer)),
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DDIMScheduler(**_SD_SCHEDULER_CONFIG, prediction_type=prediction_type),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    return with_scheduler(_finish(pipe), scheduler)
+
+
+def tiny_sdxl(seed: int = 0) -> StableDiffusionXLPipeline:
+    """Tiny SDXL pipeline: two CLIP text encoders, ``text_time`` added conditioning, Euler scheduler."""
+    torch.manual_seed(seed)
+    time_embed_dim = 8
+    unet = UNet2DConditionModel(
+        sample_size=_LATENT_SIZE,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        cross_attention_dim=2 * TEXT_DIM,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed_dim,
+        # 6 micro-conditioning ids (original size, crop, target size) + the pooled text embedding.
+        projection_class_embeddings_input_dim=6 * time_embed_dim + TEXT_DIM,
+    )
+    tokenizer = tiny_tokenizer()
+    tokenizer_2 = tiny_tokenizer()
+    pipe = StableDiffusionXLPipeline(
+        vae=_vae(),
+        text_encoder=CLIPTextModel(_text_config(tokenizer)),
+        text_encoder_2=CLIPTextModelWithProjection(_text_config(tokenizer_2, projection_dim=TEXT_DIM)),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=DDIMScheduler(**_SD_SCHEDULER_CONFIG),
+        add_watermarker=False,
+    )
+    return with_scheduler(_finish(pipe), "euler")
+
+
+def tiny_sd3(seed: int = 0) -> StableDiffusion3Pipeline:
+    """Tiny SD3 pipeline (MMDiT, flow matching) without text encoders: call it with embeddings."""
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=_LATENT_SIZE,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=TEXT_DIM,
+        caption_projection_dim=16,
+        pooled_projection_dim=TEXT_DIM,
+        pos_embed_max_size=_LATENT_SIZE,
+    )
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_vae(shift_factor=0.0),
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )
+    return _finish(pipe)
+
+
+def tiny_flux(seed: int = 0) -> FluxPipeline:
+    """Tiny Flux pipeline (no guidance embedding, dynamic shifting) without text encoders."""
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,  # 4 latent channels packed in 2 x 2 patches
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=TEXT_DIM,
+        pooled_projection_dim=TEXT_DIM,
+        guidance_embeds=False,
+        axes_dims_rope=(4, 4, 8),
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    pipe = FluxPipeline(
+        scheduler=scheduler,
+        vae=_vae(shift_factor=0.0),
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        transformer=transformer,
+    )
+    return _finish(pipe)
+
+
+def tiny_pixart(seed: int = 0, sigma: bool = False) -> PixArtAlphaPipeline | PixArtSigmaPipeline:
+    """Tiny PixArt-α (or -Σ) pipeline with a learned-sigma transformer and DPM-Solver++ 2M."""
+    torch.manual_seed(seed)
+    transformer = PixArtTransformer2DModel(
+        sample_size=_LATENT_SIZE,
+        num_layers=2,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        in_channels=4,
+        out_channels=8,
+        caption_channels=TEXT_DIM,
+        cross_attention_dim=16,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+    )
+    pipeline_class = PixArtSigmaPipeline if sigma else PixArtAlphaPipeline
+    pipe = pipeline_class(
+        tokenizer=None,
+        text_encoder=None,
+        vae=_vae(),
+        transformer=transformer,
+        scheduler=DDIMScheduler(**_SD_SCHEDULER_CONFIG),
+    )
+    return with_scheduler(_finish(pipe), "dpmpp_2m")
+
+
+def tiny_dit(seed: int = 0) -> DiTPipeline:
+    """Tiny class-conditional DiT pipeline (adaLN-Zero, learned sigma, 1000 classes + null class)."""
+    torch.manual_seed(seed)
+    transformer = DiTTransformer2DModel(
+        sample_size=_LATENT_SIZE,
+        num_layers=2,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        in_channels=4,
+        out_channels=8,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=NULL_CLASS,
+        norm_type="ada_norm_zero",
+        norm_elementwise_affine=False,
+    )
+    pipe = DiTPipeline(
+        transformer=transformer,
+        vae=_vae(),
+        scheduler=DDIMScheduler(**_SD_SCHEDULER_CONFIG),
+        id2label={i: f"class {i}" for i in range(NULL_CLASS)},
+    )
+    return _finish(pipe)
+
+
+def tiny_pipeline(family: str, seed: int = 0) -> DiffusionPipeline:
+    """Build the tiny pipeline of ``family`` (one of ``FAMILIES``) with its default scheduler."""
+    builders = {
+        "sd": tiny_sd,
+        "sdxl": tiny_sdxl,
+        "sd3": tiny_sd3,
+        "flux": tiny_flux,
+        "pixart": tiny_pixart,
+        "pixart_sigma": partial(tiny_pixart, sigma=True),
+        "dit": tiny_dit,
+    }
+    if family not in builders:
+        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+    return builders[family](seed=seed)
+
+
+def tiny_call_kwargs(
+    family: str,
+    batch: int = 2,
+    seed: int = 0,
+    guidance_scale: float = 3.0,
+    num_inference_steps: int = 4,
+) -> dict[str, Any]:
+    """Call arguments for the tiny pipeline of ``family``, deterministic from ``seed``.
+
+    SD/SDXL get short prompts (run through the tiny tokenizer), SD3/Flux/PixArt get random embeddings
+    (``TEXT_SEQ_LEN`` x ``TEXT_DIM``), DiT gets class labels. Flux's ``guidance_scale`` becomes
+    ``true_cfg_scale``. All but DiT return latents; Flux's are packed ``(batch, tokens, 4 * channels)``.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+    rng = torch.Generator().manual_seed(seed)
+    kwargs: dict[str, Any] = {
+        "num_inference_steps": num_inference_steps,
+        "generator": torch.Generator().manual_seed(seed),
+    }
+    if family == "dit":
+        labels = torch.randint(0, NULL_CLASS, (batch,), generator=rng)
+        return kwargs | {
+            "class_labels": labels.tolist(),
+            "guidance_scale": guidance_scale,
+            "output_type": "pt",
+        }
+
+    kwargs |= {"height": IMAGE_SIZE, "width": IMAGE_SIZE, "output_type": "latent"}
+    if family in ("sd", "sdxl"):
+        prompts = [_PROMPT_WORDS[(seed + i) % len(_PROMPT_WORDS)] for i in range(batch)]
+        return kwargs | {
+            "prompt": prompts,
+            "negative_prompt": ["blurry"] * batch,
+            "guidance_scale": guidance_scale,
+        }
+
+    def embeds() -> torch.Tensor:
+        return torch.randn(batch, TEXT_SEQ_LEN, TEXT_DIM, generator=rng)
+
+    if family in ("pixart", "pixart_sigma"):
+        mask = torch.ones(batch, TEXT_SEQ_LEN, dtype=torch.long)
+        mask[:, TEXT_SEQ_LEN // 2 :] = 0  # padded tail, as a real T5 prompt would have
+        return kwargs | {
+            "prompt_embeds": embeds(),
+            "prompt_attention_mask": mask,
+            "negative_prompt": None,  # the default "" would clash with negative_prompt_embeds
+            "negative_prompt_embeds": embeds(),
+            "negative_prompt_attention_mask": mask.clone(),
+            "guidance_scale": guidance_scale,
+            "use_resolution_binning": False,
+        }
+
+    kwargs |= {
+        "prompt_embeds": embeds(),
+        "pooled_prompt_embeds": torch.randn(batch, TEXT_DIM, generator=rng),
+        "negative_prompt_embeds": embeds(),
+        "negative_pooled_prompt_embeds": torch.randn(batch, TEXT_DIM, generator=rng),
+    }
+    if family == "flux":
+        return kwargs | {"true_cfg_scale": guidance_scale}
+    return kwargs | {"guidance_scale": guidance_scale}
+
+
+def with_scheduler(pipe: DiffusionPipeline, name: str) -> DiffusionPipeline:
+    """Swap ``pipe.scheduler`` for scheduler ``name`` (one of ``SCHEDULERS``), built from its config.
+
+    ``flow_euler`` is only for flow-matching pipelines (SD3, Flux), the others only for diffusion ones.
+    Returns ``pipe`` itself.
+    """
+    if name not in _SCHEDULER_OVERRIDES:
+        raise ValueError(f"unknown scheduler {name!r}; expected one of {SCHEDULERS}")
+    is_flow = isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler)
+    if is_flow != (name == "flow_euler"):
+        kind = "flow-matching" if is_flow else "diffusion"
+        raise ValueError(f"scheduler {name!r} does not fit the {kind} pipeline {type(pipe).__name__}")
+    scheduler_class, overrides = _SCHEDULER_OVERRIDES[name]
+    pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config, **overrides)
+    return pipe
