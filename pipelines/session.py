@@ -9,6 +9,7 @@ forward, its hooks and the scheduler are exactly as before.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,11 +95,16 @@ class Session:
 
     # ---------------------------------------------------------------- install / restore
 
-    def _patch(self, obj: Any, name: str, value: Any) -> Any:
-        had = name in obj.__dict__
+    def _patch(self, obj: Any, name: str, handler: Any) -> Any:
+        """Route obj.<name> through `handler` (keeping the original's signature); returns the original."""
         original = getattr(obj, name)
-        self._patches.append((obj, name, had, obj.__dict__.get(name)))
-        setattr(obj, name, value)
+
+        @functools.wraps(original)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return handler(*args, **kwargs)
+
+        self._patches.append((obj, name, name in obj.__dict__, obj.__dict__.get(name)))
+        setattr(obj, name, wrapper)
         return original
 
     def __enter__(self) -> Session:
