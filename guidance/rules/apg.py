@@ -3,7 +3,7 @@
 Sadat, Hilliges, Weber, "Eliminating Oversaturation and Artifacts of High Guidance Scales in Diffusion
 Models", ICLR 2025 (arXiv 2410.02416), Algorithm 1 / Eqs. 8–13, per sample on D = x̂0:
   Δ = D_c − D_u;  m ← Δ + β·m, Δ ← m  (reverse momentum for β < 0);  Δ ← Δ·min(1, r/‖Δ‖);
-  Δ∥ = (⟨Δ, D_c⟩/‖D_c‖²)·D_c, Δ⊥ = Δ − Δ∥;  D̂ = D_c + (w − 1)·(Δ⊥ + η·Δ∥).
+  Δ∥ = ⟨Δ, ĉ⟩·ĉ with ĉ = D_c/‖D_c‖, Δ⊥ = Δ − Δ∥;  D̂ = D_c + (w − 1)·(Δ⊥ + η·Δ∥).
 η = 1, r = ∞, β = 0 is CFG at w. Defaults are the paper's SD-XL setting (η = 0, r = 15, β = −0.5); r
 depends on the data scale, so tune it per model (the presets do). The momentum buffer advances once per
 guided denoiser evaluation and resets at the start of every pipeline call.
@@ -49,6 +49,7 @@ class APG(Rule):
         if self.norm_threshold is not None and self.norm_threshold != float("inf"):
             norm = per_sample_norm(delta)
             delta = delta * torch.clamp(self.norm_threshold / norm.clamp_min(1e-20), max=1.0)
-        parallel = per_sample_dot(delta, c) / (per_sample_dot(c, c) + 1e-8) * c
+        unit = c / per_sample_norm(c).clamp_min(1e-12)
+        parallel = per_sample_dot(delta, unit) * unit
         orthogonal = delta - parallel
         return c + (w - 1.0) * (orthogonal + self.eta * parallel)
