@@ -113,10 +113,11 @@ def test_cfg_zero_star_full_run_matches_direct_flow_loop() -> None:
             if i == 0:
                 v = torch.zeros_like(x)
             else:
-                out = pipe.transformer(hidden_states=torch.cat([x, x]), timestep=t.expand(4), encoder_hidden_states=states,
-                                       pooled_projections=pooled).sample
+                out = pipe.transformer(hidden_states=torch.cat([x, x]), timestep=t.expand(4),
+                                       encoder_hidden_states=states, pooled_projections=pooled).sample
                 v_u, v_c = out.chunk(2)
-                s_star = (v_c * v_u).sum(dim=(1, 2, 3), keepdim=True) / ((v_u**2).sum(dim=(1, 2, 3), keepdim=True) + 1e-8)
+                dims = (1, 2, 3)
+                s_star = (v_c * v_u).sum(dim=dims, keepdim=True) / ((v_u**2).sum(dim=dims, keepdim=True) + 1e-8)
                 v = s_star * v_u + 4.0 * (v_c - s_star * v_u)
             x = x + (sigma_next - sigma) * v
     assert torch.allclose(got.images, x, atol=1e-5, rtol=1e-5)
