@@ -6,6 +6,7 @@ Built once per pipeline call from the scheduler (no device synchronisation per s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,11 @@ class StepTable:
     def __len__(self) -> int:
         return len(self.timesteps)
 
-    @property
+    @cached_property
     def sigma(self) -> tuple[float, ...]:
         return tuple(s / a if a > 0 else float("inf") for a, s in zip(self.a, self.s, strict=True))
 
-    @property
+    @cached_property
     def progress(self) -> tuple[float, ...]:
         n = len(self.timesteps)
         return tuple(i / (n - 1) if n > 1 else 0.0 for i in range(n))

@@ -237,10 +237,7 @@ class Session:
         run.calls += 1
         if run.calls > (2 if separate else 1):
             return self._evaluate(call)
-        if separate:
-            return self._separate_call(call)
-        self.adapter.check_doubled(call)
-        return self._doubled_call(call)
+        return self._separate_call(call) if separate else self._doubled_call(call)
 
     def _plan(self, batch: int) -> tuple[float | None, list[int]]:
         run = self._run
