@@ -34,12 +34,18 @@ class Guidance(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
-    scale: float | None = Field(None, description="diffusers' w (λ for cfgpp); default: the rule's")
     rule: Rule = Field(default_factory=CFG)
+    scale: float | None = Field(None, validate_default=True, description="diffusers' w (λ for cfgpp); None: the rule's")
     reference: Reference = Field(default_factory=Uncond)
     schedule: Schedule = Field(default_factory=Constant)
     policy: Policy = Field(default_factory=Always)
-    rescale: float = Field(0.0, ge=0.0, le=1.0, description="guidance rescale φ (Lin et al.)")
+    rescale: float = Field(0.0, ge=0.0, le=1.0, strict=True, description="guidance rescale φ (Lin et al.)")
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as error:
+            raise GuidanceError(_message(error)) from None
 
     @field_validator("rule", "reference", "schedule", "policy", mode="before")
     @classmethod
@@ -48,14 +54,17 @@ class Guidance(BaseModel):
 
     @field_validator("scale", mode="before")
     @classmethod
-    def _number(cls, value: Any) -> Any:
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+    def _number(cls, value: Any, info: Any) -> Any:
+        if value is None:
+            rule = info.data.get("rule")
+            return None if rule is None else rule.default_scale
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"scale must be a number, not {type(value).__name__} {value!r}")
-        return None if value is None else float(value)
+        return float(value)
 
     @model_validator(mode="after")
     def _combination(self) -> Guidance:
-        self.rule.check_scale(self.resolved_scale)
+        self.rule.check_scale(self.scale)
         if self.rule.corrects_sampler and isinstance(self.schedule, AbsoluteSchedule):
             raise GuidanceError(
                 f"The schedule '{self.schedule.name}' sets w − 1 directly and has no meaning for CFG++'s λ. "
@@ -63,17 +72,13 @@ class Guidance(BaseModel):
             )
         return self
 
-    @property
-    def resolved_scale(self) -> float:
-        return self.rule.default_scale if self.scale is None else self.scale
-
     def to_spec(self) -> dict[str, Any]:
         """A plain mapping that `load` turns back into an equal Guidance."""
-        return {"scale": self.resolved_scale, "rule": self.rule.to_spec(), "reference": self.reference.to_spec(),
+        return {"scale": self.scale, "rule": self.rule.to_spec(), "reference": self.reference.to_spec(),
                 "schedule": self.schedule.to_spec(), "policy": self.policy.to_spec(), "rescale": self.rescale}
 
     def __str__(self) -> str:
-        return (f"{self.rule} × {self.reference} × {self.schedule} × {self.policy}, scale={self.resolved_scale}"
+        return (f"{self.rule} × {self.reference} × {self.schedule} × {self.policy}, scale={self.scale}"
                 + (f", rescale={self.rescale}" if self.rescale else ""))
 
 
@@ -91,7 +96,7 @@ def _message(error: ValidationError) -> str:
         if item["type"] == "extra_forbidden":
             hint = did_you_mean(where, list(Guidance.model_fields))
             problems.append(f"'{where}' is not a guidance key.{hint} Allowed keys: {', '.join(Guidance.model_fields)}")
-        elif item["type"] == "value_error":
+        elif item["type"] in ("value_error", "assertion_error"):
             problems.append(str(item["ctx"]["error"]) if "ctx" in item else item["msg"])
         else:
             problems.append(f"guidance.{where} = {item.get('input')!r}: {item['msg']}")
@@ -121,12 +126,11 @@ def load(spec: Guidance | Mapping[str, Any] | str | Path | None = None) -> Guida
     if spec is None:
         spec = {}
     if isinstance(spec, str | Path):
-        spec = _read_run_config(Path(spec))
+        try:
+            return load(_read_run_config(Path(spec)))
+        except GuidanceError as error:
+            raise GuidanceError(f"In '{spec}': {error}") from None
     if not isinstance(spec, Mapping):
         raise GuidanceError(f"A guidance spec must be a mapping, a YAML path or a Guidance, not "
                             f"{type(spec).__name__}. Example: {{'rule': 'apg', 'scale': 7.5}}.")
-    try:
-        return Guidance.model_validate(dict(spec))
-    except ValidationError as error:
-        raise GuidanceError(_message(error)) from None
-
+    return Guidance(**dict(spec))

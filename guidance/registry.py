@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from typing import Any, Generic, TypeVar
+from types import UnionType
+from typing import Any, Generic, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import ValidationError
 
@@ -20,26 +21,38 @@ def did_you_mean(word: str, choices: list[str]) -> str:
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
+def type_name(annotation: Any) -> str:
+    """A short, readable name of a parameter's type ('float', 'one of class|prompt', 'float or null')."""
+    if get_origin(annotation) is Literal:
+        return "one of " + "|".join(str(a) for a in get_args(annotation))
+    if get_origin(annotation) in (Union, UnionType):
+        names = [type_name(a) for a in get_args(annotation) if a is not type(None)]
+        return " or ".join(names) + (" or null" if type(None) in get_args(annotation) else "")
+    return getattr(annotation, "__name__", str(annotation))
+
+
 def describe_fields(cls: type[Strategy]) -> str:
     """'a (float, default 1.0), b (...)' for error messages and listings."""
     parts = []
     for field, info in cls.model_fields.items():
-        kind = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
-        parts.append(f"{field} ({kind}, default {info.default!r})")
+        default = "required" if info.is_required() else f"default {info.default!r}"
+        parts.append(f"{field} ({type_name(info.annotation)}, {default})")
     return ", ".join(parts) or "none"
 
 
 def _explain(cls: type[Strategy], params: Mapping[str, Any], error: ValidationError) -> str:
     problems = []
     for item in error.errors():
-        field = ".".join(str(p) for p in item["loc"]) or "(parameters)"
+        field = ".".join(str(p) for p in item["loc"])
+        message = str(item["ctx"]["error"]) if item["type"] == "value_error" and "ctx" in item else item["msg"]
         if item["type"] == "extra_forbidden":
             hint = did_you_mean(field, list(cls.model_fields)).strip().rstrip("?")
             hint = f" ({hint[0].lower()}{hint[1:]}?)" if hint else ""
             problems.append(f"'{field}' is not a parameter of {cls.axis} '{cls.name}'{hint}")
+        elif not field:
+            problems.append(message)
         else:
-            value = params.get(item["loc"][0], "?") if item["loc"] else "?"
-            problems.append(f"parameter '{field}' = {value!r}: {item['msg']}")
+            problems.append(f"parameter '{field}' = {params.get(item['loc'][0], '(missing)')!r}: {message}")
     return (
         f"Invalid {cls.axis} '{cls.name}': " + "; ".join(problems) + f". Its parameters are: {describe_fields(cls)}."
     )

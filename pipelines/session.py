@@ -146,7 +146,7 @@ class Session:
         result = self._set_timesteps(*args, **kwargs)
         table = step_table(self._scheduler)
         g = self.guidance
-        self._run = _Run(table=table, scales=g.rule.step_scales(g.resolved_scale, g.schedule, table))
+        self._run = _Run(table=table, scales=g.rule.step_scales(g.scale, g.schedule, table))
         self._runs.append(self._run)
         g.rule.reset()
         g.reference.reset()

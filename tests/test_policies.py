@@ -10,6 +10,7 @@ import torch
 
 import guidance
 from guidance.pipelines.tiny import tiny_pipeline, with_scheduler
+
 from reference_loops import ddim_guided, sd_call, sd_inputs
 
 

@@ -12,10 +12,11 @@ import math
 
 import pytest
 import torch
-from conftest import strip_scales
 
 import guidance
 from guidance.pipelines.tiny import FAMILIES, tiny_call_kwargs, tiny_pipeline
+
+from conftest import strip_scales
 
 B = 2
 N = 5

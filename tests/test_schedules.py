@@ -8,12 +8,13 @@ import math
 
 import pytest
 import torch
-from conftest import output_tensor, strip_scales
 
 import guidance
+from guidance.pipelines.tiny import tiny_call_kwargs, tiny_pipeline, with_scheduler
 from guidance.plan import StepTable
 from guidance.schedules import Schedule
-from guidance.pipelines.tiny import tiny_call_kwargs, tiny_pipeline, with_scheduler
+
+from conftest import output_tensor, strip_scales
 
 LENGTHS = (2, 5, 8, 25)
 BASE_SCALES = (0.0, 3.0, 7.5)
@@ -230,7 +231,7 @@ def test_interval_is_not_renormalised(n):
     assert schedule({"name": "interval", "sigma_lo": 0.0, "sigma_hi": 1e9}).scales(5.0, table(n)) == [5.0] * n
 
 
-# ---------------------------------------------------------------------------------------------------- rules' step scales
+# ------------------------------------------------------------------------------------------------- rules' step scales
 
 
 @pytest.mark.parametrize("n", (5, 8))
@@ -473,3 +474,19 @@ def test_pipeline_latents_match_hand_written_cfgpp_loop(spec):
         scales = [lam if 0.7 < s <= 2.0 else None for s in ddim_sigmas(pipe)]
     expected = manual_ddim(pipe, kwargs, scales, cfgpp=True)
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_attach_two_calls_recompute_the_schedule_per_run(row_counter):
+    """Progress and normalisation are per pipeline call: a 4-step then a 6-step call in one attach session."""
+    pipe = tiny_pipeline("sd")
+    counter = row_counter(pipe)
+    with guidance.attach(pipe, {"scale": 5, "schedule": "lambda_shape"}) as session:
+        for n in (4, 6):
+            pipe(**sd_kwargs(n), guidance_scale=2.0, callback_on_step_end=session.callback)
+        steps = session.stats["steps"]
+    expected = {0: shape_scales("lambda_shape", 5.0, 4), 1: shape_scales("lambda_shape", 5.0, 6)}
+    for run, scales in expected.items():
+        assert [s["w"] for s in steps if s["run"] == run] == pytest.approx(scales, rel=1e-9, abs=1e-12)
+    unguided = [w == 1.0 for w in expected[0] + expected[1]]
+    assert counter.calls == [BATCH if u else 2 * BATCH for u in unguided]
+    assert session.stats["runs"] == 2

@@ -15,7 +15,7 @@ from .unet import SDXLAdapter, UNetAdapter
 
 SUPPORTED = ("StableDiffusionPipeline (1.x/2.x)", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline",
              "FluxPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline", "DiTPipeline",
-             "class-conditional UNet2DModel pipelines (guidance.pipelines.ClassConditionalPipeline)")
+             "class-conditional UNet2DModel pipelines that call unet(x, t, class_labels=...) on a [null; cond] batch")
 
 _BY_TRANSFORMER = {"FluxTransformer2DModel": FluxAdapter, "SD3Transformer2DModel": SD3Adapter,
                    "PixArtTransformer2DModel": PixArtAdapter, "DiTTransformer2DModel": DiTAdapter}
