@@ -60,6 +60,12 @@ class _Run:
     records: list[StepRecord] = field(default_factory=list)
 
 
+def _method_signature(obj: Any, name: str) -> inspect.Signature:
+    """The signature of the class's own method (instance wrappers by others may hide it behind *args)."""
+    signature = inspect.signature(getattr(type(obj), name))
+    return signature.replace(parameters=list(signature.parameters.values())[1:])
+
+
 def _first(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else next(iter(out.values()))
 
@@ -111,13 +117,17 @@ class Session:
         if self._patches:
             raise GuidanceError("This guidance session is already attached; use one `with` block per session.")
         denoiser = self.adapter.denoiser
-        self._forward_original = self._patch(denoiser, "forward", self._forward)
-        self._signature = inspect.signature(self._forward_original)
-        self._set_timesteps = self._patch(self._scheduler, "set_timesteps", self._on_set_timesteps)
-        self._step = self._patch(self._scheduler, "step", self._on_step)
-        self._step_signature = inspect.signature(self._step)
-        if self.guidance.reference.perturbs_time_embedding:
-            self._hooks = [m.register_forward_hook(self._perturb_time) for m in self.adapter.time_embedders()]
+        try:
+            self._forward_original = self._patch(denoiser, "forward", self._forward)
+            self._signature = _method_signature(getattr(denoiser, "_orig_mod", denoiser), "forward")
+            self._set_timesteps = self._patch(self._scheduler, "set_timesteps", self._on_set_timesteps)
+            self._step = self._patch(self._scheduler, "step", self._on_step)
+            self._step_signature = _method_signature(self._scheduler, "step")
+            if self.guidance.reference.perturbs_time_embedding:
+                self._hooks = [m.register_forward_hook(self._perturb_time) for m in self.adapter.time_embedders()]
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(self, *exc: Any) -> None:

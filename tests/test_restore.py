@@ -14,7 +14,7 @@ import torch
 import guidance
 from guidance.pipelines.tiny import FAMILIES, tiny_call_kwargs, tiny_pipeline
 
-from conftest import first_layer, output_tensor
+from conftest import first_layer, output_tensor, strip_scales
 
 B = 2
 N = 4
@@ -244,11 +244,13 @@ def test_hooks_of_others_survive(row_counter):
     handle.remove()
 
 
-@pytest.mark.parametrize("family", ["sd", "flux", "dit"])
-def test_second_call_in_one_session_repeats_the_first(family):
-    """APG momentum and TSG's generator reset at every pipeline call (conventions 8, 11, 14)."""
+@pytest.mark.parametrize("reference", ["tsg", "icg"])
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux", "pixart", "dit"])
+def test_second_call_in_one_session_repeats_the_first(family, reference):
+    """APG momentum and TSG's / ICG's generators reset at every pipeline call (conventions 8, 11, 13, 14)."""
     pipe = tiny_pipeline(family)
-    with guidance.attach(pipe, SPEC) as session, torch.no_grad():
+    spec = {**SPEC, "reference": reference}
+    with guidance.attach(pipe, spec) as session, torch.no_grad():
         first = output_tensor(pipe(**call_kwargs(family, session)))
         second = output_tensor(pipe(**call_kwargs(family, session)))
         stats = session.stats
@@ -259,13 +261,34 @@ def test_second_call_in_one_session_repeats_the_first(family):
     for a, b in zip(stats["steps"][:N], stats["steps"][N:], strict=True):
         assert a["delta_norm"] == b["delta_norm"]
     # the same as a fresh session's single call
-    with guidance.attach(pipe, SPEC) as session, torch.no_grad():
+    with guidance.attach(pipe, spec) as session, torch.no_grad():
         fresh = output_tensor(pipe(**call_kwargs(family, session)))
     assert torch.equal(first, fresh)
-    # non-vacuity: the momentum and TSG's noise do change the result, so a leaked state would show
-    no_momentum = {**SPEC, "rule": {"name": "apg", "momentum": 0.0}}
-    other_seed = {**SPEC, "reference": {"name": "tsg", "seed": 1}}
+    # non-vacuity: the momentum and the reference's random draws do change the result, so leaked state would show
+    no_momentum = {**spec, "rule": {"name": "apg", "momentum": 0.0}}
+    other_seed = {**spec, "reference": {"name": reference, "seed": 1}}
     for spec in (no_momentum, other_seed):
         with guidance.attach(pipe, spec) as session, torch.no_grad():
             other = output_tensor(pipe(**call_kwargs(family, session)))
         assert not torch.allclose(first, other), f"{spec} gives the same output"
+
+
+def test_plain_wrappers_by_others_keep_working() -> None:
+    """Someone else's wrappers without functools.wraps (signature *args, **kwargs) on forward and step."""
+    pipe = tiny_pipeline("sd")
+    unet_forward, scheduler_step = pipe.unet.forward, pipe.scheduler.step
+    calls = {"forward": 0, "step": 0}
+
+    def forward(*args, **kwargs):
+        calls["forward"] += 1
+        return unet_forward(*args, **kwargs)
+
+    def step(*args, **kwargs):
+        calls["step"] += 1
+        return scheduler_step(*args, **kwargs)
+
+    pipe.unet.forward, pipe.scheduler.step = forward, step
+    kwargs = strip_scales(tiny_call_kwargs("sd", batch=2, seed=0))
+    out = guidance.run(pipe, {"rule": "cfgpp", "scale": 0.6}, **kwargs).images
+    assert torch.isfinite(out).all() and calls == {"forward": 4, "step": 4}
+    assert pipe.unet.forward is forward and pipe.scheduler.step is step

@@ -170,6 +170,38 @@ def test_adaptive_switches_after_first_step(family, row_counter):
         assert record["branches"] == ["cond"]
 
 
+def separating_threshold(cosines: list[list[float]]) -> tuple[float, list[int | None]]:
+    """A threshold between two observed cosines at which the samples switch at different steps (largest gap)."""
+    values = sorted({c for row in cosines for c in row})
+    best = None
+    for lo, hi in zip(values[:-1], values[1:], strict=True):
+        threshold = (lo + hi) / 2
+        switch = []
+        for b in range(B):
+            above = [k for k, row in enumerate(cosines) if row[b] > threshold]
+            switch.append(above[0] if above else None)
+        if len(set(switch)) == B and (best is None or hi - lo > best[0]):
+            best = (hi - lo, threshold, switch)
+    assert best is not None and best[0] > 1e-6, f"no threshold separates the samples: {cosines}"
+    return best[1], best[2]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_adaptive_per_sample_rows(family, row_counter):
+    """Convention 16: after one sample switched, each step runs all conditional rows plus the reference rows of
+    the samples that have not switched. AG equals CFG up to a sample's switch step, so a CFG run's per-sample
+    cosines give every sample's switch step in advance."""
+    _, cfg_stats, _ = guided_run(family, {"scale": 5.0}, row_counter)
+    threshold, switch = separating_threshold([r["cosine"] for r in cfg_stats["steps"]])
+    spec = {"scale": 5.0, "policy": {"name": "adaptive", "threshold": threshold}}
+    pipe, stats, groups = guided_run(family, spec, row_counter)
+    check_records(stats, groups, pipe)
+    live = [sum(1 for s in switch if s is None or s >= k) for k in range(N)]
+    assert groups == [expected_calls(family, True, n) for n in live], f"switch steps {switch}"
+    assert [r["reference_rows"] for r in stats["steps"]] == live
+    assert stats["denoiser_rows"] == B * N + sum(live)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_cfg_zero_star_zero_init_evaluates_nothing(family, row_counter):
     spec = {"scale": 5.0, "rule": {"name": "cfg_zero_star", "zero_init_steps": 1}}
