@@ -13,7 +13,8 @@ class StepRecord:
     """One denoising step: t, σ (noise-to-signal), w_t, branches run and per-sample agreement of the branches.
 
     w: the step's scale (λ_t for cfgpp), 1.0 where the step is conditional only (branches == ["cond"]);
-    branches: () for CFG-Zero*'s zero-init steps, which evaluate nothing.
+    branches: ("cond", "reference"), ("cond",), ("cond", "estimate") where LinearAG estimated the reference,
+    () for CFG-Zero*'s zero-init steps, which evaluate nothing.
 
     cosine: cos(x̂0_c, x̂0_u) per guided sample; delta_norm: ‖x̂0_c − x̂0_u‖ per guided sample.
     """

@@ -337,9 +337,11 @@ class Session:
         k, batch = run.step, run.batch
         channels = self.adapter.prediction_channels()
         cp = c[:, :channels] if channels else c
-        if w is not None and not samples:
+        estimated = w is not None and not samples
+        if estimated:
             u = g.policy.estimate(k, cp)
-            samples = list(range(batch)) if u is not None else []
+            estimated = u is not None
+            samples = list(range(batch)) if estimated else []
         elif u is not None and channels:
             u = u[:, :channels]
         if w is None or not samples:
@@ -366,7 +368,8 @@ class Session:
         g.policy.observe(k, samples, cp, u, cosine)
         if self._correction is not None:
             run.correction = (u if every else full.index_copy(0, sel, u), full)
-        self._record(w, branches=("cond", "reference"), reference_rows=len(samples), cosine=cosine,
+        self._record(w, branches=("cond", "estimate" if estimated else "reference"),
+                     reference_rows=0 if estimated else len(samples), cosine=cosine,
                      delta_norm=per_sample_norm(x0_c - x0_u).flatten() if self.telemetry else None)
         return torch.cat([full, c[:, channels:]], dim=1) if channels else full
 

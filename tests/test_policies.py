@@ -121,6 +121,8 @@ def test_linear_ag_run_matches_hand_loop_and_saves_rows(fitted, row_counter) -> 
     assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
     assert counter.calls == [6, 3, 6, 3, 3, 3, 3, 3]
     assert stats["denoiser_rows"] == 30  # 37.5 % fewer than CFG's 48
+    assert [r["branches"][-1] for r in stats["steps"]] == ["reference", "estimate"] * 2 + ["cond"] * 4
+    assert [r["reference_rows"] for r in stats["steps"]] == [3, 0, 3, 0, 0, 0, 0, 0]
     cfg = guidance.run(pipe, {"scale": 5.0}, **sd_call(inputs, 8)).images
     assert (got - cfg).abs().max() < (cfg - guidance.run(pipe, {"scale": 1.0}, **sd_call(inputs, 8)).images).abs().max()
 
