@@ -6,16 +6,19 @@ from typing import Any
 
 from guidance.errors import GuidanceError
 
+from ..class_conditional import ClassConditionalPipeline
 from .base import Adapter
 from .dit import DiTAdapter
 from .flux import FluxAdapter
 from .pixart import PixArtAdapter
 from .sd3 import SD3Adapter
-from .unet import SDXLAdapter, UNetAdapter
+from .unet import ClassConditionalAdapter, SDXLAdapter, UNetAdapter
 
 SUPPORTED = ("StableDiffusionPipeline (1.x/2.x)", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline",
              "FluxPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline", "DiTPipeline",
-             "class-conditional UNet2DModel pipelines that call unet(x, t, class_labels=...) on a [null; cond] batch")
+             "guidance.pipelines.ClassConditionalPipeline (the digits model, the analytic mixture)",
+             "other class-conditional UNet2DModel pipelines that call unet(x, t, class_labels=...) on a [null; cond] "
+             "batch")
 
 _BY_TRANSFORMER = {"FluxTransformer2DModel": FluxAdapter, "SD3Transformer2DModel": SD3Adapter,
                    "PixArtTransformer2DModel": PixArtAdapter, "DiTTransformer2DModel": DiTAdapter}
@@ -26,7 +29,9 @@ def adapter_for(pipe: Any) -> Adapter:
     transformer = getattr(pipe, "transformer", None)
     unet = getattr(pipe, "unet", None)
     cls: type[Adapter] | None = None
-    if transformer is not None:
+    if isinstance(pipe, ClassConditionalPipeline):
+        cls = ClassConditionalAdapter
+    elif transformer is not None:
         name = type(getattr(transformer, "_orig_mod", transformer)).__name__
         cls = _BY_TRANSFORMER.get(name)
         if name == "Transformer2DModel" and type(pipe).__name__ == "DiTPipeline":

@@ -13,6 +13,8 @@ from diffusers.models.unets.unet_2d import UNet2DOutput
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from torch import nn
 
+from guidance.errors import GuidanceError
+
 from .base import Adapter
 
 
@@ -47,6 +49,22 @@ class UNetAdapter(Adapter):
     def encode_prompts(self, prompts: list[str], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         embeds, _ = self.pipe.encode_prompt(prompts, self.pipe._execution_device, 1, False)
         return {"encoder_hidden_states": embeds}
+
+
+class ClassConditionalAdapter(UNetAdapter):
+    """guidance.pipelines.ClassConditionalPipeline: the digits UNet or the analytic mixture."""
+
+    family = "class_conditional"
+
+    @property
+    def condition_kind(self) -> str:
+        return "class"
+
+    def time_embedders(self) -> list[nn.Module]:
+        if not hasattr(self.denoiser, "time_embedding"):
+            raise GuidanceError(f"{type(self.denoiser).__name__} has no time embedding, so TSG cannot perturb it. "
+                                "Use reference uncond or icg.")
+        return super().time_embedders()
 
 
 class SDXLAdapter(UNetAdapter):

@@ -1,0 +1,118 @@
+"""Evaluation output: markdown and CSV tables, labelled image grids, metric and telemetry plots."""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+COLUMNS = ("setting", "scale", "steps", "accuracy", "confidence", "fd", "precision", "recall", "diversity",
+           "beyond_range", "mean_abs", "rows_per_sample", "seconds")
+PLOTTED = ("accuracy", "fd", "beyond_range", "mean_abs", "precision", "recall", "diversity", "rows_per_sample")
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "setting"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = COLUMNS) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def image_grid(samples: torch.Tensor, labels: Sequence[int], per_class: int = 8, zoom: int = 4) -> Image.Image:
+    """Rows = classes, columns = the first `per_class` samples of each; [−1, 1] → grey, values clipped."""
+    labels = np.asarray(labels)
+    classes = sorted(set(labels.tolist()))
+    size = samples.shape[-1]
+    canvas = np.zeros((len(classes) * size, per_class * size), dtype=np.uint8)
+    pixels = ((samples.clamp(-1, 1)[:, 0] + 1) * 127.5).round().byte().numpy()
+    for r, label in enumerate(classes):
+        for c, index in enumerate(np.flatnonzero(labels == label)[:per_class]):
+            canvas[r * size:(r + 1) * size, c * size:(c + 1) * size] = pixels[index]
+    image = Image.fromarray(canvas, mode="L")
+    return image.resize((image.width * zoom, image.height * zoom), Image.NEAREST)
+
+
+def plot_metrics(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        methods[row["method"]].append(row)
+    figure, axes = plt.subplots(2, 4, figsize=(16, 7))
+    for axis, metric in zip(axes.flat, PLOTTED, strict=True):
+        for method, group in methods.items():
+            group = sorted(group, key=lambda r: r["scale"])
+            axis.plot([r["scale"] for r in group], [r[metric] for r in group], marker="o", label=method)
+        if metric == "fd":
+            axis.axhline(rows[0]["fd_floor"], color="grey", linestyle=":", label="real vs real")
+        axis.set_title(metric)
+        axis.set_xlabel("scale")
+    axes.flat[0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+def plot_telemetry(path: Path, telemetry: dict[str, list[dict[str, Any]]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for name, steps in telemetry.items():
+        x = [s["step"] for s in steps]
+        axes[0].plot(x, [s["w"] for s in steps], label=name)
+        for axis, key in zip(axes[1:], ("cosine", "delta_norm"), strict=True):
+            points = [(s["step"], float(np.mean(s[key]))) for s in steps if s[key]]
+            if points:
+                axis.plot(*zip(*points, strict=True), marker=".", label=name)
+    for axis, title in zip(axes, ("w_t", "cos(x̂0_c, x̂0_u), mean over samples", "‖x̂0_c − x̂0_u‖, mean"),
+                           strict=True):
+        axis.set_title(title)
+        axis.set_xlabel("step")
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+def write_report(out: Path, rows: list[dict[str, Any]], telemetry: dict[str, list[dict[str, Any]]],
+                 grids: dict[str, torch.Tensor], labels: Sequence[int], reference: Any) -> None:
+    """results.md / results.csv, grids/<setting>.png, plots/metrics.png and plots/telemetry.png under `out`."""
+    (out / "grids").mkdir(parents=True, exist_ok=True)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    write_csv(out / "results.csv", rows)
+    floor = {"setting": "real digits (train subset vs held-out)", "fd": reference.floor,
+             "precision": reference.floor_precision, "recall": reference.floor_recall}
+    (out / "results.md").write_text(markdown_table([*rows, floor]))
+    for name, samples in grids.items():
+        image_grid(samples, labels).save(out / "grids" / f"{slug(name)}.png")
+    plot_metrics(out / "plots" / "metrics.png", rows)
+    plot_telemetry(out / "plots" / "telemetry.png", telemetry)
