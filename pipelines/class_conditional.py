@@ -11,7 +11,6 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
@@ -122,8 +121,3 @@ class ClassConditionalPipeline(DiffusionPipeline):
             return self.numpy_to_pil(array)
         raise ValueError(f"output_type must be 'latent', 'pt', 'np' or 'pil', not {output_type!r}")
 
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[0, 1] images (B, C, H, W) to uint8 (B, H, W) grey or (B, H, W, C)."""
-    array = (images.clamp(0, 1) * 255).round().byte().cpu().permute(0, 2, 3, 1).numpy()
-    return array[..., 0] if array.shape[-1] == 1 else array

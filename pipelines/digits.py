@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers.utils import logging as diffusers_logging
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -180,7 +181,14 @@ def load_classifier(path: Path = CLASSIFIER) -> DigitClassifier:
 
 
 def load_pipeline(path: Path | str = DEFAULT_MODEL) -> ClassConditionalPipeline:
-    pipe = ClassConditionalPipeline.from_pretrained(path)
+    """A ClassConditionalPipeline from a folder or hub id, quietly (no loading or sampling progress bars)."""
+    enabled = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    try:
+        pipe = ClassConditionalPipeline.from_pretrained(path)
+    finally:
+        if enabled:
+            diffusers_logging.enable_progress_bar()
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

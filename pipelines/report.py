@@ -65,10 +65,12 @@ def plot_metrics(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     for row in rows:
         methods[row["method"]].append(row)
     figure, axes = plt.subplots(2, 4, figsize=(16, 7))
+    markers = "os^vD<>pX*"
     for axis, metric in zip(axes.flat, PLOTTED, strict=True):
-        for method, group in methods.items():
+        for i, (method, group) in enumerate(methods.items()):
             group = sorted(group, key=lambda r: r["scale"])
-            axis.plot([r["scale"] for r in group], [r[metric] for r in group], marker="o", label=method)
+            axis.plot([r["scale"] for r in group], [r[metric] for r in group], marker=markers[i % len(markers)],
+                      color=plt.cm.tab20.colors[i % 20], label=method)
         if metric == "fd":
             axis.axhline(rows[0]["fd_floor"], color="grey", linestyle=":", label="real vs real")
         axis.set_title(metric)
@@ -80,32 +82,33 @@ def plot_metrics(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def plot_telemetry(path: Path, telemetry: dict[str, list[dict[str, Any]]]) -> None:
+    """w_t, mean cos(x̂0_c, x̂0_u) and mean ‖x̂0_c − x̂0_u‖ per step, one line per setting."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for name, steps in telemetry.items():
-        x = [s["step"] for s in steps]
-        axes[0].plot(x, [s["w"] for s in steps], label=name)
+    figure, axes = plt.subplots(1, 3, figsize=(16, 4))
+    for i, (name, steps) in enumerate(telemetry.items()):
+        color = plt.cm.tab20.colors[i % 20]
+        axes[0].plot([s["step"] for s in steps], [s["w"] for s in steps], color=color, label=name)
         for axis, key in zip(axes[1:], ("cosine", "delta_norm"), strict=True):
             points = [(s["step"], float(np.mean(s[key]))) for s in steps if s[key]]
             if points:
-                axis.plot(*zip(*points, strict=True), marker=".", label=name)
+                axis.plot(*zip(*points, strict=True), marker=".", color=color)
     for axis, title in zip(axes, ("w_t", "cos(x̂0_c, x̂0_u), mean over samples", "‖x̂0_c − x̂0_u‖, mean"),
                            strict=True):
         axis.set_title(title)
         axis.set_xlabel("step")
-    axes[0].legend(fontsize=7)
-    figure.tight_layout()
+    figure.legend(loc="center right", fontsize=8)
+    figure.tight_layout(rect=(0, 0, 0.85, 1))
     figure.savefig(path, dpi=80)
     plt.close(figure)
 
 
 def write_report(out: Path, rows: list[dict[str, Any]], telemetry: dict[str, list[dict[str, Any]]],
                  grids: dict[str, torch.Tensor], labels: Sequence[int], reference: Any) -> None:
-    """results.md / results.csv, grids/<setting>.png, plots/metrics.png and plots/telemetry.png under `out`."""
+    """results.md / results.csv, grids/<setting>.png, plots/metrics.png and plots/telemetry-<method>.png."""
     (out / "grids").mkdir(parents=True, exist_ok=True)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     write_csv(out / "results.csv", rows)
@@ -115,4 +118,6 @@ def write_report(out: Path, rows: list[dict[str, Any]], telemetry: dict[str, lis
     for name, samples in grids.items():
         image_grid(samples, labels).save(out / "grids" / f"{slug(name)}.png")
     plot_metrics(out / "plots" / "metrics.png", rows)
-    plot_telemetry(out / "plots" / "telemetry.png", telemetry)
+    for method in dict.fromkeys(row["method"] for row in rows):
+        names = [row["setting"] for row in rows if row["method"] == method]
+        plot_telemetry(out / "plots" / f"telemetry-{slug(method)}.png", {n: telemetry[n] for n in names})
