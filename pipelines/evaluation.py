@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +49,7 @@ class Setting:
     method: str = ""  # groups settings into one line of the metric-vs-scale plots (default: the rule's name)
 
     def __post_init__(self) -> None:
-        load(self.spec)  # validate early
-        self.method = self.method or load(self.spec).rule.name
+        self.method = self.method or load(self.spec).rule.name  # validates the spec early
 
 
 @dataclass
@@ -61,7 +60,6 @@ class Reference:
     floor: float
     floor_precision: float
     floor_recall: float
-    images: torch.Tensor = field(repr=False)
 
 
 def features_of(classifier: DigitClassifier, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +78,7 @@ def real_reference(classifier: DigitClassifier, samples: int, seed: int = 0) -> 
     real, _ = features_of(classifier, held_out)
     subset, _ = features_of(classifier, train[pick])
     precision, recall = knn_precision_recall(real, subset)
-    return Reference(real, frechet_distance(subset, real), precision, recall, held_out)
+    return Reference(real, frechet_distance(subset, real), precision, recall)
 
 
 def balanced_labels(samples: int, num_classes: int = NUM_CLASSES) -> list[int]:
