@@ -49,7 +49,8 @@ class Setting:
     method: str = ""  # groups settings into one line of the metric-vs-scale plots (default: the rule's name)
 
     def __post_init__(self) -> None:
-        self.method = self.method or load(self.spec).rule.name  # validates the spec early
+        rule = load(self.spec).rule.name  # validates the spec early
+        self.method = self.method or rule
 
 
 @dataclass
