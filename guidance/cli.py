@@ -96,6 +96,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_list(args: argparse.Namespace) -> int:
+    from .composition import AXES
+    from .registry import describe_fields
+
+    for axis, registry in AXES.items():
+        print(f"{axis}s:")
+        for cls in registry.classes():
+            print(f"  {cls.name:<16} {cls.summary}")
+            print(f"  {'':<16} parameters: {describe_fields(cls)}")
+            if cls.paper:
+                print(f"  {'':<16} paper: {cls.paper}")
+        print()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="guidance", description="Classifier-free-guidance methods on diffusers "
                                      "pipelines: generate, evaluate and compare.")
@@ -114,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
     evaluate.set_defaults(handler=cmd_evaluate)
+    listing = sub.add_parser("list", help="every strategy by axis with its parameters, defaults and paper",
+                             description="Every strategy of the four axes (rule, reference, schedule, policy).")
+    listing.set_defaults(handler=cmd_list)
     return parser
 
 

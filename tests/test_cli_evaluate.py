@@ -66,3 +66,14 @@ def test_evaluate_bad_settings_exit_2_with_a_message(tmp_path, capsys, text: str
 def test_evaluate_missing_file(tmp_path, capsys) -> None:
     assert main(["evaluate", "-c", str(tmp_path / "nope.yaml")]) == 2
     assert "No settings file" in capsys.readouterr().err
+
+
+def test_list_shows_every_strategy_with_parameters_and_paper(capsys) -> None:
+    import guidance
+
+    assert main(["list"]) == 0
+    printed = capsys.readouterr().out
+    for registry in (guidance.RULES, guidance.REFERENCES, guidance.SCHEDULES, guidance.POLICIES):
+        for cls in registry.classes():
+            assert f"  {cls.name} " in printed
+    assert "norm_threshold (float or null, default 15.0)" in printed and "arXiv 2410.02416" in printed
