@@ -50,6 +50,8 @@ class Guidance(BaseModel):
     @field_validator("rule", "reference", "schedule", "policy", mode="before")
     @classmethod
     def _build(cls, value: Any, info: Any) -> Any:
+        if info.field_name == "reference" and isinstance(value, list):
+            value = {"name": "combined", "of": value}  # `reference: [icg, tsg]`
         return AXES[info.field_name].build(value)
 
     @field_validator("scale", mode="before")

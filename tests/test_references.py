@@ -155,3 +155,17 @@ def test_tsg_on_dit_same_noise_in_every_block_and_class_untouched() -> None:
     for _, _, out in classes.seen:
         assert torch.equal(out[:2], out[2:])
     classes.close()
+
+
+def test_icg_and_tsg_combined_change_condition_and_time_embedding() -> None:
+    """`reference: [icg, tsg]`: the reference rows get a random class AND a perturbed time embedding."""
+    pipe = tiny_pipeline("dit")
+    emb = pipe.transformer.transformer_blocks[1].norm1.emb
+    labels = Capture(emb.class_embedder)
+    captures = _time_embedding_rows(pipe, {"scale": 3.0, "reference": ["icg", {"name": "tsg", "s": 2.0}]},
+                                    family="dit")
+    for args, _, _ in labels.seen:
+        assert ((args[0][2:] >= 0) & (args[0][2:] < NULL_CLASS)).all()
+    delta = [out[2:] - out[:2] for _, _, out in captures[1].seen]
+    assert all(d.abs().max() > 0 for d in delta)
+    labels.close()
