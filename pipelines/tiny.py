@@ -23,12 +23,9 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
-    DDPMScheduler,
     DiffusionPipeline,
     DiTPipeline,
     DiTTransformer2DModel,
-    DPMSolverMultistepScheduler,
-    EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     FluxTransformer2DModel,
@@ -43,6 +40,8 @@ from diffusers import (
 )
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from .loading import set_scheduler
 
 FAMILIES = ("sd", "sdxl", "sd3", "flux", "pixart", "pixart_sigma", "dit")
 SCHEDULERS = ("ddim", "euler", "dpmpp_2m", "ddpm", "flow_euler")
@@ -66,13 +65,6 @@ _SD_SCHEDULER_CONFIG: dict[str, Any] = {
     "set_alpha_to_one": False,
     "steps_offset": 1,
     "timestep_spacing": "leading",
-}
-_SCHEDULER_OVERRIDES: dict[str, tuple[type, dict[str, Any]]] = {
-    "ddim": (DDIMScheduler, {}),
-    "euler": (EulerDiscreteScheduler, {}),
-    "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "ddpm": (DDPMScheduler, {}),
-    "flow_euler": (FlowMatchEulerDiscreteScheduler, {}),
 }
 
 
@@ -400,12 +392,6 @@ def with_scheduler(pipe: DiffusionPipeline, name: str) -> DiffusionPipeline:
     ``flow_euler`` is only for flow-matching pipelines (SD3, Flux), the others only for diffusion ones.
     Returns ``pipe`` itself.
     """
-    if name not in _SCHEDULER_OVERRIDES:
+    if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; expected one of {SCHEDULERS}")
-    is_flow = isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler)
-    if is_flow != (name == "flow_euler"):
-        kind = "flow-matching" if is_flow else "diffusion"
-        raise ValueError(f"scheduler {name!r} does not fit the {kind} pipeline {type(pipe).__name__}")
-    scheduler_class, overrides = _SCHEDULER_OVERRIDES[name]
-    pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config, **overrides)
-    return pipe
+    return set_scheduler(pipe, name)

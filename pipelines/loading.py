@@ -1,0 +1,91 @@
+"""Load the pipeline a run config names (bundled digits models, a local folder, or a hub id) and set its
+scheduler; every failure becomes a GuidanceError that names the problem and the fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+)
+
+from guidance.config import ModelSection
+from guidance.errors import GuidanceError
+
+from .adapters import adapter_for
+from .class_conditional import ClassConditionalPipeline
+from .digits import DEFAULT_MODEL, NO_DROPOUT_MODEL, load_pipeline
+
+BUNDLED = {"digits": DEFAULT_MODEL, "digits-no-dropout": NO_DROPOUT_MODEL}
+SCHEDULER_CLASSES: dict[str, tuple[type, dict[str, Any]]] = {
+    "ddim": (DDIMScheduler, {}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "ddpm": (DDPMScheduler, {}),
+    "flow_euler": (FlowMatchEulerDiscreteScheduler, {}),
+}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def device_of(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise GuidanceError(f"model.device is {name!r} but this machine has no CUDA device. Use device: auto or cpu.")
+    return name
+
+
+def load_model(section: ModelSection) -> Any:
+    """The pipeline of `section`, on its device and dtype, checked to be a supported family."""
+    dtype = DTYPES[section.dtype]
+    path = BUNDLED.get(section.path, Path(section.path))
+    try:
+        if section.path in BUNDLED:
+            pipe = load_pipeline(path)
+        elif Path(path).is_dir():
+            index = Path(path) / "model_index.json"
+            if not index.is_file():
+                raise GuidanceError(f"'{path}' is a folder but has no model_index.json: point model.path at a "
+                                    "diffusers pipeline folder (saved with save_pretrained).")
+            if json.loads(index.read_text()).get("_class_name") == ClassConditionalPipeline.__name__:
+                pipe = load_pipeline(path)
+            else:
+                pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype)
+        elif "/" in section.path and not Path(section.path).exists():
+            pipe = DiffusionPipeline.from_pretrained(section.path, torch_dtype=dtype)
+        else:
+            raise GuidanceError(f"No model at '{section.path}'. Use a bundled model ({', '.join(BUNDLED)}), a local "
+                                "pipeline folder, or a hub id such as stabilityai/stable-diffusion-xl-base-1.0.")
+    except GuidanceError:
+        raise
+    except (OSError, ValueError) as error:
+        raise GuidanceError(f"Could not load the model '{section.path}': {' '.join(str(error).split())[:300]}. A hub "
+                            "id needs network access (or a local copy in the Hugging Face cache); offline, use a "
+                            "local folder or a bundled model (digits).") from None
+    adapter_for(pipe)  # refuses unsupported pipelines with the list of supported ones
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device_of(section.device), dtype)
+
+
+def set_scheduler(pipe: Any, name: str) -> Any:
+    """Swap the pipeline's scheduler for `name` (built from its current config); "default" keeps it."""
+    if name == "default":
+        return pipe
+    is_flow = isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler)
+    if is_flow != (name == "flow_euler"):
+        kind = "a flow-matching" if is_flow else "a diffusion"
+        fits = "flow_euler" if is_flow else "ddim, euler, dpmpp_2m or ddpm"
+        raise GuidanceError(f"sampler.scheduler {name!r} does not fit {kind} model ({type(pipe).__name__}); "
+                            f"use {fits}.")
+    cls, overrides = SCHEDULER_CLASSES[name]
+    pipe.scheduler = cls.from_config(pipe.scheduler.config, **overrides)
+    return pipe
