@@ -112,10 +112,93 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_RUN: dict[str, Any] = {"model": {"path": "digits"}, "guidance": {"scale": 3.0}}
+
+
+def _run_config(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """The raw config mapping (file or the bundled digits default) with --set applied, and its source name."""
+    from .config import apply_sets, read
+
+    data = read(args.config) if args.config else dict(DEFAULT_RUN)
+    return apply_sets(data, args.set or []), str(args.config or "<default digits config>")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .config import validate
+    from .pipelines.generate import generate, regenerate
+
+    if args.from_image is not None:
+        if args.config or args.set:
+            raise GuidanceError("--from-image takes the whole config from the image; drop -c/--set.")
+        path = regenerate(args.from_image, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+        print(f"Regenerated {args.from_image} as {path}")
+        return 0
+    data, source = _run_config(args)
+    config = validate(data, source)
+    written = generate(config, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"Wrote {len(written)} images to {written[0].parent if written else args.out or config.output.dir}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .pipelines.sweep import parse_grid, parse_seeds, sweep
+
+    data, source = _run_config(args)
+    out = args.out or Path(data.get("output", {}).get("dir", "outputs")) / "sweep"
+    grid = sweep(data, parse_grid(args.grid or []), parse_seeds(args.seeds), Path(out), source,
+                 overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"Wrote {grid} and {grid.parent / 'sweep.json'}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .config import read, validate
+
+    failed = 0
+    for path in args.files:
+        try:
+            validate(read(path), str(path))
+            print(f"{path}: valid")
+        except GuidanceError as error:
+            print(error, file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+def _add_run_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("-c", "--config", type=Path, help="run config YAML (default: the bundled digits model)")
+    command.add_argument("--set", action="append", metavar="KEY.PATH=VALUE",
+                         help="override a config field, e.g. --set guidance.scale=5 (repeatable)")
+    command.add_argument("--out", type=Path, help="output folder (default: output.dir of the config)")
+    command.add_argument("--overwrite", action="store_true", help="replace existing images")
+    command.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="guidance", description="Classifier-free-guidance methods on diffusers "
                                      "pipelines: generate, evaluate and compare.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    generate = sub.add_parser(
+        "generate", help="generate images from a run config (default: the bundled digits model, offline)",
+        description="Generate images from a run config. Each PNG carries the full resolved config, its seed and the "
+                    "library versions; --from-image regenerates an image from them, bit for bit on the same machine.",
+        epilog="Example: guidance generate -c configs/digits-apg.yaml --set guidance.scale=10 --out out/")
+    _add_run_options(generate)
+    generate.add_argument("--from-image", type=Path, metavar="IMG.png", help="regenerate this image from its metadata")
+    generate.set_defaults(handler=cmd_generate)
+    sweep = sub.add_parser(
+        "sweep", help="a grid over config fields × seeds: labelled image grid, per-cell images, resumable",
+        description="Generate every combination of --grid values for every seed into OUT/<cell>/seed-<s>/, then a "
+                    "labelled OUT/grid.png and OUT/sweep.json. A restarted sweep keeps finished images.",
+        epilog="Example: guidance sweep --grid guidance.scale=1,3,7.5 --grid guidance.rule=cfg,apg --seeds 0-3")
+    _add_run_options(sweep)
+    sweep.add_argument("--grid", action="append", metavar="KEY.PATH=V1,V2", help="a grid axis (repeatable)")
+    sweep.add_argument("--seeds", default="0", help="seeds: a range 0-3 or a list 0,5,7 (default 0)")
+    sweep.set_defaults(handler=cmd_sweep)
+    check = sub.add_parser("validate", help="check run configs: every error with file, field, value and fix",
+                           description="Validate run configs without loading any model; exit 1 if one is invalid.")
+    check.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    check.set_defaults(handler=cmd_validate)
     evaluate = sub.add_parser(
         "evaluate", help="measure guidance settings on a class-conditional model (default: the bundled digits)",
         description="Run guidance settings on the same labels and noise and report accuracy, Fréchet distance, "

@@ -73,7 +73,8 @@ def load_model(section: ModelSection) -> Any:
     adapter_for(pipe)  # refuses unsupported pipelines with the list of supported ones
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device_of(section.device), dtype)
+    pipe = pipe.to(device_of(section.device))
+    return pipe if pipe.dtype == dtype else pipe.to(dtype=dtype)
 
 
 def set_scheduler(pipe: Any, name: str) -> Any:

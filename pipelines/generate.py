@@ -1,0 +1,173 @@
+"""`guidance generate`: images from a run config, with the full resolved config, seed and library versions in
+every PNG's metadata, so that `--from-image` regenerates an image bit for bit on the same machine. Writes are
+atomic, nothing is overwritten without `overwrite`, and every target is checked before any work starts."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+import transformers
+from PIL import Image, PngImagePlugin
+from tqdm.auto import tqdm
+
+import guidance
+from guidance.config import RunConfig, validate
+from guidance.errors import GuidanceError
+
+from .api import run
+from .loading import load_model, set_scheduler
+
+CONFIG_KEY, ITEM_KEY, VERSIONS_KEY = "guidance:config", "guidance:item", "guidance:versions"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One pipeline call: a prompt or class label, its seed, and the files of its `batch` images (None: not written)."""
+
+    index: int
+    item: str | int
+    seed: int
+    files: tuple[Path | None, ...]
+
+    @property
+    def targets(self) -> list[Path]:
+        return [f for f in self.files if f is not None]
+
+
+def versions() -> dict[str, str]:
+    return {"diffusers-guidance": guidance.__version__, "diffusers": diffusers.__version__,
+            "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def plan(config: RunConfig, out_dir: Path, only: tuple[int, int] | None = None) -> list[Job]:
+    """The calls of a run; `only` = (call index, image index) keeps one call and writes one of its images."""
+    prefix, batch = config.output.prefix, config.sampler.batch
+    jobs = []
+    for i, item in enumerate(config.items()):
+        files = [out_dir / f"{prefix}-{i:03d}-{j:02d}.png" for j in range(batch)]
+        if only is not None:
+            if i != only[0]:
+                continue
+            files = [f if j == only[1] else None for j, f in enumerate(files)]
+        jobs.append(Job(i, item, config.sampler.seed + i, tuple(files)))
+    return jobs
+
+
+def call_kwargs(pipe: Any, config: RunConfig, job: Job) -> dict[str, Any]:
+    """The pipeline call of one job (what the pipeline accepts, nothing more)."""
+    sampler = config.sampler
+    accepted = set(inspect.signature(pipe.__call__).parameters)
+    device = pipe.device if hasattr(pipe, "device") else "cpu"
+    kwargs: dict[str, Any] = {"num_inference_steps": sampler.steps,
+                              "generator": torch.Generator(device).manual_seed(job.seed), "output_type": "pil"}
+    if "class_labels" in accepted:
+        if not isinstance(job.item, int):
+            raise GuidanceError(f"{type(pipe).__name__} is class-conditional: give `class_labels`, not `prompts`.")
+        kwargs["class_labels"] = [job.item] * sampler.batch
+    else:
+        if not isinstance(job.item, str):
+            raise GuidanceError(f"{type(pipe).__name__} is a text-to-image pipeline: give `prompts`, not "
+                                "`class_labels`.")
+        kwargs.update(prompt=job.item, num_images_per_prompt=sampler.batch)
+        if config.negative_prompt is not None:
+            kwargs["negative_prompt"] = config.negative_prompt
+    optional = {"eta": sampler.eta if sampler.eta else None, "height": sampler.height, "width": sampler.width}
+    for key, value in optional.items():
+        if value is not None:
+            if key not in accepted:
+                raise GuidanceError(f"sampler.{key} is set but {type(pipe).__name__} has no `{key}` argument; "
+                                    "remove it from the config.")
+            kwargs[key] = value
+    return kwargs
+
+
+def read_metadata(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(config mapping, item record) stored in a PNG written by `generate`."""
+    try:
+        with Image.open(path) as image:
+            text = dict(image.text)  # type: ignore[attr-defined]
+    except (OSError, AttributeError):
+        raise GuidanceError(f"Cannot read '{path}' as a PNG image. Pass an image written by guidance generate.")\
+            from None
+    if CONFIG_KEY not in text or ITEM_KEY not in text:
+        raise GuidanceError(f"'{path}' carries no guidance metadata: only images written by guidance generate can be "
+                            "regenerated.")
+    return json.loads(text[CONFIG_KEY]), json.loads(text[ITEM_KEY])
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call write(temporary path) beside `path`, then move it into place: readers never see a partial file."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def _save(image: Image.Image, path: Path, config: RunConfig, job: Job, position: int) -> None:
+    info = PngImagePlugin.PngInfo()
+    info.add_text(CONFIG_KEY, json.dumps(config.model_dump(mode="json"), sort_keys=True))
+    info.add_text(ITEM_KEY, json.dumps({"index": job.index, "image": position, "item": job.item, "seed": job.seed}))
+    info.add_text(VERSIONS_KEY, json.dumps(versions()))
+    atomic_write(path, lambda temporary: image.save(temporary, format="PNG", pnginfo=info))
+
+
+def _finished(job: Job, config: RunConfig) -> bool:
+    """All of the job's files exist and were made from this very config (resuming a sweep)."""
+    wanted = config.model_dump(mode="json")
+    return all(f.is_file() and read_metadata(f)[0] == wanted for f in job.targets)
+
+
+def _prepare(out_dir: Path, jobs: list[Job], overwrite: bool, resume: bool, config: RunConfig) -> list[Job]:
+    todo = [job for job in jobs if not (resume and _finished(job, config))]
+    existing = [str(f) for job in todo for f in job.targets if f.exists()]
+    if existing and not overwrite:
+        more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
+        raise GuidanceError(f"Would overwrite {', '.join(existing[:3])}{more}. Pass --overwrite, or choose another "
+                            "output folder (output.dir or --out).")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=out_dir, prefix=".probe-")
+        probe.close()
+    except OSError as error:
+        raise GuidanceError(f"Cannot write to the output folder '{out_dir}' ({error.strerror}). Choose a writable "
+                            "output.dir or --out.") from None
+    return todo
+
+
+def generate(config: RunConfig, out_dir: Path | None = None, overwrite: bool = False, resume: bool = False,
+             progress: bool = True, pipe: Any = None, only: tuple[int, int] | None = None) -> list[Path]:
+    """Write the config's images; `only` = (job index, image index) restricts the output to one image."""
+    out_dir = Path(out_dir if out_dir is not None else config.output.dir)
+    todo = _prepare(out_dir, plan(config, out_dir, only), overwrite, resume, config)
+    if pipe is None and todo:
+        pipe = set_scheduler(load_model(config.model), config.sampler.scheduler)
+    written: list[Path] = []
+    for job in tqdm(todo, desc="generate", unit="call", disable=not progress):
+        images = run(pipe, config.guidance, **call_kwargs(pipe, config, job)).images
+        for position, (image, path) in enumerate(zip(images, job.files, strict=True)):
+            if path is not None:
+                _save(image, path, config, job, position)
+                written.append(path)
+    return written
+
+
+def regenerate(image_path: Path, out_dir: Path | None, overwrite: bool = False, progress: bool = True) -> Path:
+    """Regenerate one image from its own metadata (the same call, seed and batch; same machine: same pixels)."""
+    data, item = read_metadata(Path(image_path))
+    config = validate(data, f"{image_path} (metadata)")
+    target = Path(out_dir) if out_dir is not None else Path(image_path).parent
+    [path] = generate(config, target, overwrite=overwrite, progress=progress, only=(item["index"], item["image"]))
+    return path
