@@ -4,6 +4,7 @@ scheduler; every failure becomes a GuidanceError that names the problem and the 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ def load_model(section: ModelSection) -> Any:
                 pipe = load_pipeline(path)
             else:
                 pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype)
-        elif "/" in section.path and not Path(section.path).exists():
+        elif re.fullmatch(r"[\w.-]+/[\w.-]+", section.path) and not section.path.startswith("."):
             pipe = DiffusionPipeline.from_pretrained(section.path, torch_dtype=dtype)
         else:
             raise GuidanceError(f"No model at '{section.path}'. Use a bundled model ({', '.join(BUNDLED)}), a local "

@@ -1,4 +1,5 @@
-"""Every preset in configs/ loads, and runs on a tiny pipeline."""
+"""Every preset in configs/ validates; digits presets run offline; the others' guidance runs on a tiny pipeline
+of their family (with their scheduler)."""
 
 from __future__ import annotations
 
@@ -8,21 +9,35 @@ import pytest
 import torch
 
 import guidance
-from guidance.pipelines.tiny import tiny_call_kwargs, tiny_pipeline
+from guidance.config import read, validate
+from guidance.pipelines.generate import generate
+from guidance.pipelines.tiny import tiny_call_kwargs, tiny_pipeline, with_scheduler
 
 from conftest import output_tensor, strip_scales
 
 PRESETS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+FAMILIES = {"stabilityai/stable-diffusion-xl-base-1.0": "sdxl", "stabilityai/stable-diffusion-2-1": "sd",
+            "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd", "facebook/DiT-XL-2-256": "dit",
+            "stabilityai/stable-diffusion-3-medium-diffusers": "sd3"}
 
 
-def test_there_are_presets() -> None:
-    assert len(PRESETS) >= 10
+def test_presets_cover_the_methods_and_families() -> None:
+    names = {p.stem for p in PRESETS}
+    assert {"sdxl-apg", "sd21-apg", "dit-apg", "sd15-cfgpp", "sdxl-ag", "sdxl-apg-linear-ag", "dit-icg-tsg",
+            "digits-cfg"} <= names
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
-def test_preset_loads_and_runs(path: Path) -> None:
-    spec = guidance.load(path)
-    family = "sd3" if spec.rule.name == "cfg_zero_star" else "sd"
+def test_preset_validates_and_its_guidance_runs(path: Path, tmp_path: Path) -> None:
+    config = validate(read(path), str(path))
+    if config.model.path.startswith("digits"):
+        written = generate(config.model_copy(update={"sampler": config.sampler.model_copy(update={"steps": 3})}),
+                           tmp_path, progress=False)
+        assert len(written) == len(config.items())
+        return
+    family = FAMILIES[config.model.path]
     pipe = tiny_pipeline(family)
-    out = guidance.run(pipe, path, **strip_scales(tiny_call_kwargs(family, batch=1, seed=0)))
+    if config.sampler.scheduler != "default":
+        with_scheduler(pipe, config.sampler.scheduler)
+    out = guidance.run(pipe, config.guidance, **strip_scales(tiny_call_kwargs(family, batch=1, seed=0)))
     assert torch.isfinite(output_tensor(out)).all()
