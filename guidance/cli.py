@@ -151,6 +151,25 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit_linear_ag(args: argparse.Namespace) -> int:
+    from .config import validate
+    from .pipelines.api import fit_linear_ag
+    from .pipelines.generate import call_kwargs
+    from .pipelines.loading import load_model, set_scheduler
+
+    data, source = _run_config(args)
+    config = validate(data, source)
+    if args.out.exists() and not args.overwrite:
+        raise GuidanceError(f"'{args.out}' exists. Pass --overwrite or choose another --out.")
+    pipe = set_scheduler(load_model(config.model), config.sampler.scheduler)
+    kwargs = call_kwargs(pipe, config, config.items(), config.sampler.seed)
+    path = fit_linear_ag(pipe, config.guidance, args.out, guided_fraction=args.guided_fraction,
+                         real_every=args.real_every, **{**kwargs, "output_type": "latent"})
+    print(f"Wrote LinearAG coefficients for {config.sampler.steps} steps to {path}. Use them with "
+          f"policy: {{name: linear_ag, coefficients: {path}}}.")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from .config import read, validate
 
@@ -195,6 +214,19 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--grid", action="append", metavar="KEY.PATH=V1,V2", help="a grid axis (repeatable)")
     sweep.add_argument("--seeds", default="0", help="seeds: a range 0-3 or a list 0,5,7 (default 0)")
     sweep.set_defaults(handler=cmd_sweep)
+    fit = sub.add_parser(
+        "fit-linear-ag", help="fit LinearAG coefficients for a model, scheduler and step count",
+        description="Record CFG trajectories of the config's run (all its prompts or labels, `sampler.batch` images "
+                    "each) and fit LinearAG's per-step least-squares coefficients.",
+        epilog="Example: guidance fit-linear-ag -c configs/digits-cfg.yaml --set 'class_labels=[0,1,2,3,4,5,6,7,8,9]' "
+               "--out linear-ag.json")
+    fit.add_argument("-c", "--config", type=Path, help="run config YAML (default: the bundled digits model)")
+    fit.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config field")
+    fit.add_argument("--out", type=Path, required=True, help="coefficient file to write (JSON)")
+    fit.add_argument("--overwrite", action="store_true", help="replace an existing coefficient file")
+    fit.add_argument("--guided-fraction", type=float, default=0.5, help="share of the steps that are guided")
+    fit.add_argument("--real-every", type=int, default=2, help="evaluate the reference every k-th guided step")
+    fit.set_defaults(handler=cmd_fit_linear_ag)
     check = sub.add_parser("validate", help="check run configs: every error with file, field, value and fix",
                            description="Validate run configs without loading any model; exit 1 if one is invalid.")
     check.add_argument("files", nargs="+", type=Path, metavar="FILE")

@@ -62,24 +62,24 @@ def plan(config: RunConfig, out_dir: Path, only: tuple[int, int] | None = None) 
     return jobs
 
 
-def call_kwargs(pipe: Any, config: RunConfig, job: Job) -> dict[str, Any]:
-    """The pipeline call of one job (what the pipeline accepts, nothing more)."""
+def call_kwargs(pipe: Any, config: RunConfig, items: list[str | int], seed: int) -> dict[str, Any]:
+    """The pipeline call for `items` (each `sampler.batch` times), only with arguments the pipeline accepts."""
     sampler = config.sampler
     accepted = set(inspect.signature(pipe.__call__).parameters)
     device = pipe.device if hasattr(pipe, "device") else "cpu"
     kwargs: dict[str, Any] = {"num_inference_steps": sampler.steps,
-                              "generator": torch.Generator(device).manual_seed(job.seed), "output_type": "pil"}
+                              "generator": torch.Generator(device).manual_seed(seed), "output_type": "pil"}
     if "class_labels" in accepted:
-        if not isinstance(job.item, int):
+        if not all(isinstance(item, int) for item in items):
             raise GuidanceError(f"{type(pipe).__name__} is class-conditional: give `class_labels`, not `prompts`.")
-        kwargs["class_labels"] = [job.item] * sampler.batch
+        kwargs["class_labels"] = [item for item in items for _ in range(sampler.batch)]
     else:
-        if not isinstance(job.item, str):
+        if not all(isinstance(item, str) for item in items):
             raise GuidanceError(f"{type(pipe).__name__} is a text-to-image pipeline: give `prompts`, not "
                                 "`class_labels`.")
-        kwargs.update(prompt=job.item, num_images_per_prompt=sampler.batch)
+        kwargs.update(prompt=list(items), num_images_per_prompt=sampler.batch)
         if config.negative_prompt is not None:
-            kwargs["negative_prompt"] = config.negative_prompt
+            kwargs["negative_prompt"] = [config.negative_prompt] * len(items)
     optional = {"eta": sampler.eta if sampler.eta else None, "height": sampler.height, "width": sampler.width}
     for key, value in optional.items():
         if value is not None:
@@ -156,7 +156,7 @@ def generate(config: RunConfig, out_dir: Path | None = None, overwrite: bool = F
         pipe = set_scheduler(load_model(config.model), config.sampler.scheduler)
     written: list[Path] = []
     for job in tqdm(todo, desc="generate", unit="call", disable=not progress):
-        images = run(pipe, config.guidance, **call_kwargs(pipe, config, job)).images
+        images = run(pipe, config.guidance, **call_kwargs(pipe, config, [job.item], job.seed)).images
         for position, (image, path) in enumerate(zip(images, job.files, strict=True)):
             if path is not None:
                 _save(image, path, config, job, position)

@@ -197,3 +197,18 @@ def test_fuzzed_configs_run_or_fail_cleanly(data, tmp_path_factory) -> None:
         generate(config, tmp_path_factory.mktemp("fuzz"), progress=False)
     except GuidanceError as error:
         assert str(error)
+
+
+def test_fit_linear_ag_then_generate_with_it(tmp_path, capsys) -> None:
+    coefficients = tmp_path / "linear-ag.json"
+    assert main(["fit-linear-ag", "--set", "sampler.steps=6", "--set", "sampler.batch=3", "--out",
+                 str(coefficients)]) == 0
+    record = json.loads(coefficients.read_text())
+    assert record["num_inference_steps"] == 6 and record["fitted_on"]["samples"] == 30
+    assert main(["fit-linear-ag", "--out", str(coefficients)]) == 2  # no overwrite
+    spec = f"guidance.policy={{name: linear_ag, coefficients: {coefficients}}}"
+    assert main(["generate", "--set", "sampler.steps=6", "--set", spec, "--out", str(tmp_path / "out"),
+                 "--no-progress"]) == 0
+    assert main(["generate", "--set", "sampler.steps=5", "--set", spec, "--out", str(tmp_path / "bad"),
+                 "--no-progress"]) == 2
+    assert "fitted for sampler" in capsys.readouterr().err

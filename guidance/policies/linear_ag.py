@@ -91,7 +91,7 @@ class LinearAG(Policy):
         if not Path(value).is_file():
             raise ValueError(
                 f"no coefficient file at {value!r}; fit one with guidance.fit_linear_ag(pipe, spec, path, ...) "
-                "or `guidance fit-linear-ag` for this model, scheduler and step count"
+                "or `guidance fit-linear-ag -c CONFIG --out FILE` for this model, scheduler and step count"
             )
         return value
 
