@@ -135,7 +135,7 @@ PARAMS = {
 
 def test_registries_hold_the_designed_names():
     assert set(RULES.names()) == {"cfg", "apg", "cfgpp", "cfg_zero_star"}
-    assert set(REFERENCES.names()) == {"uncond", "icg", "tsg"}
+    assert set(REFERENCES.names()) == {"uncond", "icg", "tsg", "combined"}
     assert set(SCHEDULES.names()) == {"constant", "linear", "cosine", "inverse_linear", "sine", "v_shape",
                                       "lambda_shape", "clamp_linear", "clamp_cosine", "pcs", "interval"}
     assert set(POLICIES.names()) == {"always", "adaptive", "linear_ag"}
@@ -143,15 +143,16 @@ def test_registries_hold_the_designed_names():
 
 @pytest.mark.parametrize(("axis", "name"), ALL_NAMES)
 def test_axis_as_name_or_mapping(axis, name, coefficients):
-    if axis == "policy" and name == "linear_ag":
-        with pytest.raises(GuidanceError, match="coefficients"):
+    required = {"linear_ag": {"coefficients": coefficients}, "combined": {"of": ["icg", "tsg"]}}
+    if name in required:
+        with pytest.raises(GuidanceError, match=next(iter(required[name]))):
             guidance.load({axis: name})  # its one parameter is required
         by_name = None
     else:
         by_name = guidance.load({axis: name})
         assert getattr(by_name, axis).name == name
         assert type(getattr(by_name, axis)) is AXES[axis].get(name)
-    mapping = {"name": name, "coefficients": coefficients} if name == "linear_ag" else {"name": name}
+    mapping = {"name": name, **required.get(name, {})}
     by_mapping = guidance.load({axis: mapping})
     assert getattr(by_mapping, axis).name == name
     if by_name is not None:
