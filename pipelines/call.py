@@ -36,12 +36,17 @@ def _concat(parts: list[Any], skip: frozenset[str], batch: int, key: str = "") -
 
 
 class DenoiserCall:
-    """The bound arguments of a denoiser forward; `batch` is the row count of the sample (first argument)."""
+    """The bound arguments of a denoiser forward; `batch` is the row count of the sample (first argument).
 
-    def __init__(self, arguments: dict[str, Any], sample_name: str, skip: frozenset[str] = frozenset()) -> None:
+    `positional`: the arguments the pipeline passed by position, passed so again (a compiled denoiser then sees
+    the call layout it was compiled for)."""
+
+    def __init__(self, arguments: dict[str, Any], sample_name: str, skip: frozenset[str] = frozenset(),
+                 positional: tuple[str, ...] = ()) -> None:
         self.arguments = arguments
         self.sample_name = sample_name
         self.skip = skip
+        self.positional = positional
 
     @classmethod
     def bind(cls, signature: inspect.Signature, args: tuple, kwargs: dict[str, Any],
@@ -54,7 +59,10 @@ class DenoiserCall:
                 arguments.update(value)
             elif kind is not inspect.Parameter.VAR_POSITIONAL:
                 arguments[name] = value
-        return cls(arguments, next(iter(signature.parameters)), skip)
+        ordered = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        positional = tuple(name for name in list(signature.parameters)[:len(args)]
+                           if signature.parameters[name].kind in ordered)
+        return cls(arguments, next(iter(signature.parameters)), skip, positional)
 
     @property
     def sample(self) -> torch.Tensor:
@@ -66,13 +74,14 @@ class DenoiserCall:
 
     def take(self, rows: Rows) -> DenoiserCall:
         """The call restricted to `rows` (a slice gives views, an index tensor copies)."""
-        return DenoiserCall(_take(self.arguments, rows, self.batch, self.skip), self.sample_name, self.skip)
+        return DenoiserCall(_take(self.arguments, rows, self.batch, self.skip), self.sample_name, self.skip,
+                            self.positional)
 
     @staticmethod
     def concat(calls: list[DenoiserCall]) -> DenoiserCall:
         first = calls[0]
         arguments = _concat([c.arguments for c in calls], first.skip, first.batch)
-        return DenoiserCall(arguments, first.sample_name, first.skip)
+        return DenoiserCall(arguments, first.sample_name, first.skip, first.positional)
 
     def get(self, path: Path) -> Any:
         value: Any = self.arguments
@@ -93,7 +102,8 @@ class DenoiserCall:
         self.arguments = {**self.arguments, head: value}
 
     def run(self, forward: Callable[..., Any]) -> Any:
-        return forward(**self.arguments)
+        keywords = {k: v for k, v in self.arguments.items() if k not in self.positional}
+        return forward(*(self.arguments[name] for name in self.positional), **keywords)
 
 
 class RowView:

@@ -118,7 +118,10 @@ class Session:
             raise GuidanceError("This guidance session is already attached; use one `with` block per session.")
         denoiser = self.adapter.denoiser
         try:
-            self._forward_original = self._patch(denoiser, "forward", self._forward)
+            # A module compiled in place (`module.compile()`) is called through `_compiled_call_impl`: routing that
+            # keeps the plugin outside the compiled graph, as it is for `torch.compile(module)`.
+            entry = "forward" if getattr(denoiser, "_compiled_call_impl", None) is None else "_compiled_call_impl"
+            self._forward_original = self._patch(denoiser, entry, self._forward)
             self._signature = _method_signature(getattr(denoiser, "_orig_mod", denoiser), "forward")
             self._set_timesteps = self._patch(self._scheduler, "set_timesteps", self._on_set_timesteps)
             self._step = self._patch(self._scheduler, "step", self._on_step)

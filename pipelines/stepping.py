@@ -41,25 +41,25 @@ def sampler_id(scheduler: Any) -> str:
 
 def step_table(scheduler: Any) -> StepTable:
     """a, s, σ and progress of every step of the run the scheduler was just set up for."""
-    timesteps = scheduler.timesteps.detach().to("cpu", torch.float64)
+    timesteps = [float(t) for t in scheduler.timesteps.tolist()]  # the run's one read from the device
     n = len(timesteps)
     sigmas = getattr(scheduler, "sigmas", None)
     kind = prediction_type(scheduler)
     if isinstance(sigmas, torch.Tensor) and len(sigmas) >= n:
-        sigma = sigmas.detach().to("cpu", torch.float64)[:n].tolist()
+        sigma = sigmas[:n].tolist()
         if kind == "flow":
             a, s = [1.0 - x for x in sigma], sigma
         else:
             a = [1.0 / math.sqrt(1.0 + x * x) for x in sigma]
             s = [x * ai for x, ai in zip(sigma, a, strict=True)]
     elif getattr(scheduler, "alphas_cumprod", None) is not None:
-        alphas = scheduler.alphas_cumprod.detach().to("cpu", torch.float64)
-        bar = [float(alphas[int(t)]) for t in timesteps.round().long()]
+        alphas = scheduler.alphas_cumprod.tolist()
+        bar = [alphas[round(t)] for t in timesteps]
         a, s = [math.sqrt(x) for x in bar], [math.sqrt(1.0 - x) for x in bar]
     else:
         raise GuidanceError(f"The scheduler {type(scheduler).__name__} exposes neither `sigmas` nor "
                             "`alphas_cumprod`, so the noise level of a step is unknown. Use a diffusers "
                             "DDIM, DDPM, Euler, DPM-Solver, UniPC, PNDM or flow-matching Euler scheduler.")
-    return StepTable(timesteps=tuple(timesteps.tolist()), a=tuple(a), s=tuple(s),
+    return StepTable(timesteps=tuple(timesteps), a=tuple(a), s=tuple(s),
                      num_train_timesteps=int(scheduler.config.num_train_timesteps), prediction_type=kind,
                      sampler=sampler_id(scheduler))

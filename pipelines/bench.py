@@ -1,0 +1,285 @@
+"""Benchmarks: the plugin's cost against native diffusers CFG, and what the saving policies save.
+
+Overhead (`overhead`): native CFG and every guided variant run on the same pipeline, seed and steps, interleaved
+(each repeat runs every variant once, in turn); the median seconds per step is reported as a ratio to native.
+Peak memory (`memory`): on CUDA the allocator's peak during one call after a warm-up call; on the CPU each variant
+runs in a fresh process whose glibc malloc returns every large block to the system, so the resident-memory
+high-water mark above the loaded pipeline is the peak of live tensors.
+Host reads (`syncs`): values the host reads from tensors per denoising step (a host–device synchronisation when the
+tensor is on an accelerator), native against the plugin: the slope between runs of N and 2N steps.
+Saving (`saving`): denoiser rows, wall time and quality of the saving policies against CFG on the digits model.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from torch.overrides import TorchFunctionMode
+
+from .api import attach, run
+from .tiny import _vae, tiny_call_kwargs, tiny_pipeline, tiny_tokenizer
+
+SCALE = 7.5
+NATIVE = "native diffusers CFG"
+QUIET = "cfg, telemetry off"
+VARIANTS: dict[str, dict[str, Any]] = {
+    "cfg": {"rule": "cfg"},
+    QUIET: {"rule": "cfg"},
+    "apg": {"rule": {"name": "apg", "eta": 0.0, "norm_threshold": 15.0, "momentum": -0.5}},
+    "cfgpp": {"rule": "cfgpp", "scale": 0.6},
+    "cfg_zero_star (no zero-init)": {"rule": {"name": "cfg_zero_star", "zero_init_steps": 0}},
+    "icg (gaussian)": {"reference": {"name": "icg", "source": "gaussian"}},
+    "tsg": {"reference": "tsg"},
+    "linear schedule": {"schedule": "linear"},
+    "adaptive": {"policy": "adaptive"},
+}
+# glibc: serve every block above 64 KiB by mmap and unmap it when freed, so resident memory tracks live tensors.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+
+
+def sd15_like(width: int = 64, text_width: int = 64, seed: int = 0) -> StableDiffusionPipeline:
+    """A random-weight Stable Diffusion pipeline with SD-1.5's UNet block structure (4 levels of widths w, 2w, 4w,
+    4w, 2 layers each, cross-attention in the first three, 8 heads); width 320 and text width 768 are SD-1.5's.
+    The text encoder is a 2-layer CLIP and the VAE a 2-level one (latents at half the image size)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=text_width, intermediate_size=2 * text_width, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id))
+    unet = UNet2DConditionModel(
+        sample_size=32, in_channels=4, out_channels=4, block_out_channels=(width, 2 * width, 4 * width, 4 * width),
+        layers_per_block=2, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=text_width,
+        attention_head_dim=8)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=_vae(), text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# name: (builder, image side in pixels: latents are half of it)
+PIPELINES: dict[str, tuple[Callable[[], StableDiffusionPipeline], int | None]] = {
+    "tiny": (lambda: tiny_pipeline("sd"), None),
+    "sd15-like": (sd15_like, 64),
+    "sd15": (lambda: sd15_like(320, 768), 128),
+}
+
+
+class Bench:
+    """One pipeline on a device, called natively or through the plugin with one of VARIANTS."""
+
+    def __init__(self, name: str, steps: int, device: str = "cpu", dtype: str = "float32") -> None:
+        if name not in PIPELINES:
+            raise ValueError(f"unknown benchmark pipeline {name!r}; choose from {sorted(PIPELINES)}")
+        build, side = PIPELINES[name]
+        self.name, self.steps, self.device = name, steps, torch.device(device)
+        self.pipe = build().to(self.device, getattr(torch, dtype))
+        self.kwargs = self.call_kwargs(steps)
+        if side is not None:
+            self.kwargs.update(height=side, width=side)
+
+    @staticmethod
+    def call_kwargs(steps: int) -> dict[str, Any]:
+        kwargs = tiny_call_kwargs("sd", batch=1, seed=0, num_inference_steps=steps)
+        kwargs.pop("guidance_scale")
+        return kwargs | {"output_type": "latent"}
+
+    def call(self, label: str, steps: int | None = None) -> Any:
+        kwargs = self.kwargs if steps is None else self.kwargs | {"num_inference_steps": steps}
+        kwargs = kwargs | {"generator": torch.Generator().manual_seed(0)}
+        with torch.no_grad():
+            if label == NATIVE:
+                return self.pipe(**kwargs, guidance_scale=SCALE).images
+            spec = {"scale": SCALE, **VARIANTS[label]}
+            if label != QUIET:
+                return run(self.pipe, spec, **kwargs).images
+            with attach(self.pipe, spec, telemetry=False) as session:
+                return self.pipe(**kwargs, guidance_scale=2.0, callback_on_step_end=session.callback).images
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def seconds(self, label: str) -> float:
+        self.synchronize()
+        start = time.perf_counter()
+        self.call(label)
+        self.synchronize()
+        return time.perf_counter() - start
+
+
+def labels(variants: list[str] | None = None) -> list[str]:
+    chosen = variants or list(VARIANTS)
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    return [NATIVE, *chosen]
+
+
+def time_variants(bench: Bench, repeats: int = 7, variants: list[str] | None = None) -> list[dict[str, Any]]:
+    """Median seconds per step of native CFG and each variant over interleaved repeats; ratio to native."""
+    names = labels(variants)
+    for label in names:  # warm-up
+        bench.call(label)
+    times: dict[str, list[float]] = {label: [] for label in names}
+    for _ in range(repeats):
+        for label in names:
+            times[label].append(bench.seconds(label) / bench.steps)
+    base = statistics.median(times[NATIVE])
+    return [{"variant": label, "ms_per_step": 1e3 * statistics.median(values),
+             "ratio": statistics.median(values) / base,
+             "spread": (max(values) - min(values)) / statistics.median(values)} for label, values in times.items()]
+
+
+def _status_mb(key: str) -> float:
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(key + r":\s+(\d+)", text).group(1)) / 1024
+
+
+def peak_mb(bench: Bench, label: str) -> float:
+    """Peak memory (MB) of one call above the memory held before it, after a warm-up call of the same variant."""
+    bench.call(label)
+    gc.collect()
+    if bench.device.type == "cuda":
+        torch.cuda.synchronize(bench.device)
+        torch.cuda.reset_peak_memory_stats(bench.device)
+        before = torch.cuda.memory_allocated(bench.device)
+        bench.call(label)
+        return (torch.cuda.max_memory_allocated(bench.device) - before) / 2**20
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux)
+    before = _status_mb("VmRSS")
+    bench.call(label)
+    return _status_mb("VmHWM") - before
+
+
+def memory_variants(name: str, steps: int = 4, repeats: int = 3, device: str = "cpu", dtype: str = "float32",
+                    variants: list[str] | None = None) -> list[dict[str, Any]]:
+    """Each variant's peak working memory (median over repeats); ratio to native. On the CPU every measurement is
+    a fresh process with MALLOC_ENV."""
+    names = labels(variants)
+    peaks: dict[str, list[float]] = {label: [] for label in names}
+    bench = Bench(name, steps, device, dtype) if device != "cpu" else None
+    for _ in range(repeats):
+        for label in names:
+            if bench is not None:
+                peaks[label].append(peak_mb(bench, label))
+                continue
+            command = [sys.executable, "-m", "guidance.pipelines.bench", "peak", name, label, str(steps), dtype]
+            out = subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ, **MALLOC_ENV})
+            peaks[label].append(float(out.stdout.strip().splitlines()[-1]))
+    base = statistics.median(peaks[NATIVE])
+    return [{"variant": label, "peak_mb": statistics.median(values), "ratio": statistics.median(values) / base}
+            for label, values in peaks.items()]
+
+
+HOST_READS = frozenset({"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "nonzero", "numpy",
+                        "__array__", "cpu", "equal", "allclose"})
+
+
+class HostReads(TorchFunctionMode):
+    """Counts tensor values read by the host (each a synchronisation when the tensor is on an accelerator), except
+    reads of the scheduler's own host-side tables (diffusers keeps σ and ᾱ on the CPU; its timesteps are on the
+    device and do count)."""
+
+    def __init__(self, scheduler: Any) -> None:
+        super().__init__()
+        self.scheduler, self.count = scheduler, 0
+
+    def _host_table(self, tensor: torch.Tensor) -> bool:
+        pointer = tensor.untyped_storage().data_ptr()
+        return any(isinstance(v, torch.Tensor) and k != "timesteps" and v.untyped_storage().data_ptr() == pointer
+                   for k, v in vars(self.scheduler).items())
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        if getattr(func, "__name__", "") in HOST_READS and args and isinstance(args[0], torch.Tensor):
+            self.count += not self._host_table(args[0])
+        return func(*args, **(kwargs or {}))
+
+
+def count_syncs(bench: Bench, label: str, steps: int) -> int:
+    """Host reads (CPU) or synchronisations reported by CUDA's sync debug mode (CUDA) of one call."""
+    if bench.device.type != "cuda":
+        with HostReads(bench.pipe.scheduler) as reads:
+            bench.call(label, steps)
+        return reads.count
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            bench.call(label, steps)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def sync_variants(bench: Bench, steps: int = 4, variants: list[str] | None = None) -> list[dict[str, Any]]:
+    """Per call and per step (slope between `steps` and 2·`steps`) synchronisations of each variant and native."""
+    rows = []
+    for label in labels(variants):
+        bench.call(label, steps)  # warm-up
+        short, long = count_syncs(bench, label, steps), count_syncs(bench, label, 2 * steps)
+        rows.append({"variant": label, "per_step": (long - short) / steps, "per_call": short - steps
+                     * (long - short) / steps})
+    return rows
+
+
+SAVING_SETTINGS: dict[str, dict[str, Any]] = {
+    "cfg": {},
+    "adaptive (γ̄ = 0.99)": {"policy": {"name": "adaptive", "threshold": 0.99}},
+    "linear_ag (every 2nd guided step real)": {"policy": {"name": "linear_ag",
+                                                          "coefficients": "configs/evaluate/digits-linear-ag-25.json"}},
+    "linear_ag (every 3rd guided step real)": {
+        "policy": {"name": "linear_ag", "coefficients": "configs/evaluate/digits-linear-ag-25-every3.json"}},
+    "interval (0.28, 5.42]": {"schedule": "interval"},
+}
+
+
+def saving(samples: int = 500, scale: float = 3.0, seed: int = 0, progress: bool = True) -> list[dict[str, Any]]:
+    """Rows, time and quality of the saving policies against CFG at one scale on the digits model (25 DDIM
+    steps), with each metric's change relative to CFG."""
+    from .evaluation import Setting, evaluate
+
+    settings = [Setting(label, {"scale": scale, **spec}) for label, spec in SAVING_SETTINGS.items()]
+    rows = evaluate(settings, samples=samples, seed=seed, progress=progress)
+    base = rows[0]
+    return [{"setting": row["setting"], "rows_per_sample": row["rows_per_sample"],
+             "rows_saved": 1 - row["rows_per_sample"] / base["rows_per_sample"],
+             "seconds": row["seconds"], "time_saved": 1 - row["seconds"] / base["seconds"],
+             "accuracy": row["accuracy"], "accuracy_change_points": 100 * (row["accuracy"] - base["accuracy"]),
+             "fd": row["fd"], "fd_change": row["fd"] / base["fd"] - 1,
+             "precision": row["precision"], "recall": row["recall"]} for row in rows]
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """A markdown table of benchmark rows (ratios and shares to 3 digits)."""
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for row in rows:
+        lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # one memory measurement in a fresh process: peak NAME LABEL STEPS DTYPE
+    _, _, pipeline, variant, n, precision = sys.argv
+    torch.set_num_threads(1)
+    print(peak_mb(Bench(pipeline, int(n), "cpu", precision), variant))
