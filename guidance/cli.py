@@ -140,14 +140,27 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_argv(args: argparse.Namespace, out: Path) -> list[str]:
+    """The sweep's command line as each launched process runs it: the same options, without --num-processes."""
+    argv = ["sweep", f"--seeds={args.seeds}", f"--out={out}"]
+    argv += [f"--config={args.config}"] if args.config else []
+    argv += [f"--set={entry}" for entry in args.set or []] + [f"--grid={entry}" for entry in args.grid or []]
+    return argv + [flag for flag, on in (("--overwrite", args.overwrite), ("--no-progress", args.no_progress)) if on]
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .pipelines.sweep import parse_grid, parse_seeds, sweep
+    from .pipelines.sweep import check, launch, parse_grid, parse_seeds, require_launcher, sweep
 
     data, source = _run_config(args)
-    out = args.out or Path(data.get("output", {}).get("dir", "outputs")) / "sweep"
-    grid = sweep(data, parse_grid(args.grid or []), parse_seeds(args.seeds), Path(out), source,
-                 overwrite=args.overwrite, progress=not args.no_progress)
-    print(f"Wrote {grid} and {grid.parent / 'sweep.json'}")
+    axes, seeds = parse_grid(args.grid or []), parse_seeds(args.seeds)
+    out = Path(args.out or Path(data.get("output", {}).get("dir", "outputs")) / "sweep")
+    if args.num_processes != 1:
+        require_launcher(args.num_processes)
+        check(data, axes, seeds, out, source, args.overwrite)  # errors once, before any process starts
+        return launch(args.num_processes, _sweep_argv(args, out))
+    grid = sweep(data, axes, seeds, out, source, overwrite=args.overwrite, progress=not args.no_progress)
+    if grid is not None:
+        print(f"Wrote {grid} and {grid.parent / 'sweep.json'}")
     return 0
 
 
@@ -208,11 +221,16 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser(
         "sweep", help="a grid over config fields × seeds: labelled image grid, per-cell images, resumable",
         description="Generate every combination of --grid values for every seed into OUT/<cell>/seed-<s>/, then a "
-                    "labelled OUT/grid.png and OUT/sweep.json. A restarted sweep keeps finished images.",
-        epilog="Example: guidance sweep --grid guidance.scale=1,3,7.5 --grid guidance.rule=cfg,apg --seeds 0-3")
+                    "labelled OUT/grid.png and OUT/sweep.json. A restarted sweep keeps finished images. Under "
+                    "`accelerate launch -m guidance sweep ...` (or torchrun) the processes share the work.",
+        epilog="Example: guidance sweep --grid guidance.scale=1,3,7.5 --grid guidance.rule=cfg,apg --seeds 0-3 "
+               "--num-processes 2")
     _add_run_options(sweep)
     sweep.add_argument("--grid", action="append", metavar="KEY.PATH=V1,V2", help="a grid axis (repeatable)")
     sweep.add_argument("--seeds", default="0", help="seeds: a range 0-3 or a list 0,5,7 (default 0)")
+    sweep.add_argument("--num-processes", type=int, default=1, metavar="N",
+                       help="split the work over N processes on this machine (one per GPU on CUDA) under accelerate's "
+                            "launcher; the images equal a single-process run's (default 1: this process)")
     sweep.set_defaults(handler=cmd_sweep)
     fit = sub.add_parser(
         "fit-linear-ag", help="fit LinearAG coefficients for a model, scheduler and step count",

@@ -124,15 +124,20 @@ def _save(image: Image.Image, path: Path, config: RunConfig, job: Job, position:
     atomic_write(path, lambda temporary: image.save(temporary, format="PNG", pnginfo=info))
 
 
-def _finished(job: Job, config: RunConfig) -> bool:
-    """All of the job's files exist and were made from this very config (resuming a sweep)."""
+def _made_from(path: Path, wanted: dict[str, Any]) -> bool:
+    """`path` is an image written by `generate` from the config whose mapping is `wanted`."""
+    try:
+        return path.is_file() and read_metadata(path)[0] == wanted
+    except GuidanceError:
+        return False
+
+
+def prepare(out_dir: Path, jobs: list[Job], overwrite: bool, resume: bool, config: RunConfig) -> list[Job]:
+    """The jobs still to run (with `resume`, finished ones are skipped), after checking that none would overwrite a
+    file without `overwrite` (resuming, a file made from this config is no conflict) and that out_dir is writable."""
     wanted = config.model_dump(mode="json")
-    return all(f.is_file() and read_metadata(f)[0] == wanted for f in job.targets)
-
-
-def _prepare(out_dir: Path, jobs: list[Job], overwrite: bool, resume: bool, config: RunConfig) -> list[Job]:
-    todo = [job for job in jobs if not (resume and _finished(job, config))]
-    existing = [str(f) for job in todo for f in job.targets if f.exists()]
+    todo = [job for job in jobs if not (resume and all(_made_from(f, wanted) for f in job.targets))]
+    existing = [str(f) for job in todo for f in job.targets if f.exists() and not (resume and _made_from(f, wanted))]
     if existing and not overwrite:
         more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
         raise GuidanceError(f"Would overwrite {', '.join(existing[:3])}{more}. Pass --overwrite, or choose another "
@@ -147,21 +152,26 @@ def _prepare(out_dir: Path, jobs: list[Job], overwrite: bool, resume: bool, conf
     return todo
 
 
+def make(pipe: Any, config: RunConfig, job: Job) -> list[Path]:
+    """Run one job's pipeline call and write its images; returns the files written."""
+    images = run(pipe, config.guidance, **call_kwargs(pipe, config, [job.item], job.seed)).images
+    written = []
+    for position, (image, path) in enumerate(zip(images, job.files, strict=True)):
+        if path is not None:
+            _save(image, path, config, job, position)
+            written.append(path)
+    return written
+
+
 def generate(config: RunConfig, out_dir: Path | None = None, overwrite: bool = False, resume: bool = False,
              progress: bool = True, pipe: Any = None, only: tuple[int, int] | None = None) -> list[Path]:
     """Write the config's images; `only` = (job index, image index) restricts the output to one image."""
     out_dir = Path(out_dir if out_dir is not None else config.output.dir)
-    todo = _prepare(out_dir, plan(config, out_dir, only), overwrite, resume, config)
+    todo = prepare(out_dir, plan(config, out_dir, only), overwrite, resume, config)
     if pipe is None and todo:
         pipe = set_scheduler(load_model(config.model), config.sampler.scheduler)
-    written: list[Path] = []
-    for job in tqdm(todo, desc="generate", unit="call", disable=not progress):
-        images = run(pipe, config.guidance, **call_kwargs(pipe, config, [job.item], job.seed)).images
-        for position, (image, path) in enumerate(zip(images, job.files, strict=True)):
-            if path is not None:
-                _save(image, path, config, job, position)
-                written.append(path)
-    return written
+    return [path for job in tqdm(todo, desc="generate", unit="call", disable=not progress)
+            for path in make(pipe, config, job)]
 
 
 def regenerate(image_path: Path, out_dir: Path | None, overwrite: bool = False, progress: bool = True) -> Path:

@@ -1,21 +1,37 @@
 """`guidance sweep`: a grid over any config fields × seeds — one folder of images per cell, a labelled image
-grid and a table. Resumable: images already made from the same cell config are kept, not redone."""
+grid and a table. Resumable: images already made from the same cell config are kept, not redone.
+
+Distributed: under `accelerate launch` or `torchrun`, each process makes every N-th pending pipeline call of one
+global, ordered list (a call's images share one generator, so it is the unit of work) with the seed of the
+single-process run, then the main process writes the grid and the table from the shared output folder."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import torch
 from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
 
 from guidance.config import RunConfig, parse_value, set_path, validate
 from guidance.errors import GuidanceError
 
-from .generate import atomic_write, generate, plan
+from .generate import Job, atomic_write, make, plan, prepare
 from .loading import load_model, set_scheduler
 from .report import slug
+
+T = TypeVar("T")
+WAIT_LIMIT = timedelta(hours=6)  # how long a process that finished its share waits for the others
 
 
 def parse_grid(entries: list[str]) -> list[tuple[str, list[Any]]]:
@@ -74,29 +90,184 @@ def _labelled_grid(rows: list[tuple[str, list[Path]]], columns: list[str]) -> Im
     return canvas
 
 
-def sweep(data: dict[str, Any], axes: list[tuple[str, list[Any]]], seeds: list[int], out_dir: Path,
-          source: str = "<config>", overwrite: bool = False, progress: bool = True) -> Path:
-    """Generate every cell × seed into out_dir/<cell>/seed-<s>/, then grid.png and sweep.json; returns grid.png."""
-    planned = cells(data, axes, source)
-    pipelines: dict[str, Any] = {}
-    rows, table = [], []
-    for label, config in planned:
-        files: list[Path] = []
-        for seed in seeds:
-            seeded = config.model_copy(update={"sampler": config.sampler.model_copy(update={"seed": seed})})
-            folder = out_dir / slug(label) / f"seed-{seed}"
-            key = json.dumps(config.model.model_dump(), sort_keys=True) + config.sampler.scheduler
-            if key not in pipelines:
-                pipelines[key] = set_scheduler(load_model(config.model), config.sampler.scheduler)
-            generate(seeded, folder, overwrite=overwrite, resume=True, progress=progress, pipe=pipelines[key])
-            files += [f for job in plan(seeded, folder) for f in job.targets]
-        rows.append((label, files))
-        table.append({"cell": label, "folder": str(out_dir / slug(label)), "images": [str(f) for f in files]})
-    per_seed = len(rows[0][1]) // len(seeds)
+@dataclass(frozen=True)
+class Run:
+    """One grid cell at one seed: its row in the grid, its seeded config and its image folder."""
+
+    cell: int
+    config: RunConfig
+    folder: Path
+
+
+@dataclass(frozen=True)
+class Task:
+    """One pipeline call of a sweep, the unit of work that processes share out."""
+
+    run: Run
+    job: Job
+
+
+def runs(planned: list[tuple[str, RunConfig]], seeds: list[int], out_dir: Path) -> list[Run]:
+    """Every cell × seed, cells in grid order, seeds in the given order."""
+    return [Run(cell, config.model_copy(update={"sampler": config.sampler.model_copy(update={"seed": seed})}),
+                out_dir / slug(label) / f"seed-{seed}")
+            for cell, (label, config) in enumerate(planned) for seed in seeds]
+
+
+def pending(all_runs: list[Run], overwrite: bool) -> list[Task]:
+    """The calls still to make, in one global order, after every overwrite and folder check (before any work)."""
+    return [Task(run, job) for run in all_runs
+            for job in prepare(run.folder, plan(run.config, run.folder), overwrite, True, run.config)]
+
+
+def share(items: Sequence[T], index: int, count: int) -> list[T]:
+    """Process `index` of `count` takes items index, index + count, ...: each item goes to exactly one process."""
+    return list(items[index::count])
+
+
+def check(data: dict[str, Any], axes: list[tuple[str, list[Any]]], seeds: list[int], out_dir: Path,
+          source: str = "<config>", overwrite: bool = False) -> None:
+    """Validate every cell and check every target as the sweep will, without loading any model."""
+    pending(runs(cells(data, axes, source), seeds, out_dir), overwrite)
+
+
+def _process_state() -> Any:
+    """accelerate's view of this process: its index, the number of processes, its device."""
+    try:
+        from accelerate import PartialState
+    except ImportError:
+        raise GuidanceError("guidance sweep needs Hugging Face accelerate, which is not installed. Install it with "
+                            "pip install 'accelerate>=1.7' (a dependency of diffusers-guidance).") from None
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=WAIT_LIMIT)
+
+
+def _together(state: Any, step: Callable[[], T]) -> T | None:
+    """Run `step` on every process and wait for all of them. A GuidanceError on any process (config, overwrite,
+    model: mostly the same on every one) is raised once, by the main process; the others get None and stop quietly
+    (exiting first with a failure would make the launcher stop the main process before it reports)."""
+    from accelerate.utils import gather_object
+
+    try:
+        result, error = step(), ""
+    except GuidanceError as failure:
+        result, error = None, str(failure)
+    errors = list(dict.fromkeys(e for e in gather_object([error]) if e))
+    if errors and state.is_main_process:
+        raise GuidanceError("\n".join(errors))
+    return None if errors else result
+
+
+def _pipeline(cache: dict[str, Any], config: RunConfig, state: Any) -> Any:
+    """The (cached) pipeline of a config; with several processes, device `auto` means this process's own GPU."""
+    section = config.model
+    if section.device == "auto" and state.num_processes > 1 and state.device.type == "cuda":
+        section = section.model_copy(update={"device": str(state.device)})
+    key = json.dumps(section.model_dump(), sort_keys=True) + config.sampler.scheduler
+    if key not in cache:
+        cache[key] = set_scheduler(load_model(section), config.sampler.scheduler)
+    return cache[key]
+
+
+def _share_with_pipelines(tasks: list[Task], state: Any) -> list[tuple[Any, Task]]:
+    """This process's share of the tasks, each with its pipeline (loaded once per model and scheduler)."""
+    cache: dict[str, Any] = {}
+    return [(_pipeline(cache, task.run.config, state), task)
+            for task in share(tasks, state.process_index, state.num_processes)]
+
+
+def _work(calls: list[tuple[Any, Task]], state: Any, progress: bool) -> None:
+    """Make this process's calls; only the main process shows a progress bar."""
+    label = "sweep" if state.num_processes == 1 else f"sweep (process 1 of {state.num_processes})"
+    for pipe, task in tqdm(calls, desc=label, unit="call", disable=not (progress and state.is_main_process)):
+        make(pipe, task.run.config, task.job)
+
+
+def _write_results(planned: list[tuple[str, RunConfig]], all_runs: list[Run], axes: list[tuple[str, list[Any]]],
+                   seeds: list[int], out_dir: Path) -> Path:
+    """grid.png (a row per cell, a column per seed and image) and sweep.json; returns the grid's path."""
+    files = [[f for run in all_runs if run.cell == cell for job in plan(run.config, run.folder) for f in job.targets]
+             for cell in range(len(planned))]
+    missing = [str(f) for row in files for f in row if not f.is_file()]
+    if missing:
+        raise GuidanceError(f"{len(missing)} images of the sweep are missing after every process finished, e.g. "
+                            f"{missing[0]}. On several machines, --out must be a folder that all of them share "
+                            "(e.g. on NFS); run the sweep again to make the missing ones.")
+    rows = [(label, row) for (label, _), row in zip(planned, files, strict=True)]
+    per_seed = len(files[0]) // len(seeds)
     columns = [f"seed {s}" + (f" #{i}" if per_seed > 1 else "") for s in seeds for i in range(per_seed)]
+    table = [{"cell": label, "folder": str(out_dir / slug(label)), "images": [str(f) for f in row]}
+             for label, row in rows]
     grid = out_dir / "grid.png"
     atomic_write(grid, lambda path: _labelled_grid(rows, columns).save(path, format="PNG"))
     atomic_write(out_dir / "sweep.json", lambda path: Path(path).write_text(json.dumps(
         {"grid": [{"key": k, "values": v} for k, v in axes], "seeds": seeds, "cells": table}, indent=1)))
     return grid
 
+
+def sweep(data: dict[str, Any], axes: list[tuple[str, list[Any]]], seeds: list[int], out_dir: Path,
+          source: str = "<config>", overwrite: bool = False, progress: bool = True) -> Path | None:
+    """Generate every cell × seed into out_dir/<cell>/seed-<s>/, then grid.png and sweep.json; returns grid.png.
+    Under a distributed launcher every process makes its share; only the main process returns the grid's path."""
+    state = _process_state()
+
+    def prepare_share() -> tuple[list[tuple[str, RunConfig]], list[Run], list[tuple[Any, Task]]]:
+        planned = cells(data, axes, source)
+        all_runs = runs(planned, seeds, out_dir)
+        return planned, all_runs, _share_with_pipelines(pending(all_runs, overwrite), state)
+
+    prepared = _together(state, prepare_share)  # every process lists the pending calls before any is made
+    if prepared is None:
+        return None
+    planned, all_runs, calls = prepared
+    _work(calls, state, progress)
+    state.wait_for_everyone()
+    return _write_results(planned, all_runs, axes, seeds, out_dir) if state.is_main_process else None
+
+
+@contextmanager
+def _launcher_kept_in_bounds() -> Iterator[None]:
+    """Hide torchrun's log of a failed process (which reports its own error) and give back the signal handlers
+    torchrun installs, so that launching leaves this process as it found it."""
+    elastic = logging.getLogger("torch.distributed.elastic")
+    level = elastic.level
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    elastic.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        elastic.setLevel(level)
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+
+
+def launch(num_processes: int, argv: list[str]) -> int:
+    """Run `python -m guidance <argv>` in num_processes processes on this machine under accelerate's launcher
+    (torchrun underneath; gloo on CPU, NCCL and one GPU per process on CUDA); returns the first failure's status."""
+    from accelerate.commands.launch import launch_command, launch_command_parser
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    args = launch_command_parser().parse_args([
+        "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1", "--main_process_port", "0",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "guidance", *argv])
+    with _launcher_kept_in_bounds():
+        try:
+            launch_command(args)
+        except ChildFailedError as error:
+            return next((f.exitcode for f in error.failures.values() if f.exitcode > 0), 1)
+        except SignalException as stop:  # Ctrl-C or kill: the processes are stopped, finished images are kept
+            return 128 + stop.sigval
+    return 0
+
+
+def require_launcher(num_processes: int) -> None:
+    """Refuse a process count below 1, or a launch without accelerate, before anything else is done."""
+    if num_processes < 1:
+        raise GuidanceError(f"--num-processes {num_processes}: give 1 or more processes (1 runs in this process).")
+    try:
+        import accelerate.commands.launch  # noqa: F401
+    except ImportError:
+        raise GuidanceError("--num-processes needs Hugging Face accelerate, which is not installed. Install it with "
+                            "pip install 'accelerate>=1.7' (a dependency of diffusers-guidance), or drop "
+                            "--num-processes to run in this process.") from None
