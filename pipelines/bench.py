@@ -19,7 +19,9 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ from .tiny import _vae, tiny_call_kwargs, tiny_pipeline, tiny_tokenizer
 
 SCALE = 7.5
 NATIVE = "native diffusers CFG"
-QUIET = "cfg, telemetry off"
+QUIET = "cfg (telemetry off)"
 VARIANTS: dict[str, dict[str, Any]] = {
     "cfg": {"rule": "cfg"},
     QUIET: {"rule": "cfg"},
@@ -49,10 +51,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 
 
-def sd15_like(width: int = 64, text_width: int = 64, seed: int = 0) -> StableDiffusionPipeline:
+def sd15_like(width: int = 64, text_width: int = 64, seed: int = 0, device: str = "cpu") -> StableDiffusionPipeline:
     """A random-weight Stable Diffusion pipeline with SD-1.5's UNet block structure (4 levels of widths w, 2w, 4w,
     4w, 2 layers each, cross-attention in the first three, 8 heads); width 320 and text width 768 are SD-1.5's.
-    The text encoder is a 2-layer CLIP and the VAE a 2-level one (latents at half the image size)."""
+    The text encoder is a 2-layer CLIP and the VAE a 2-level one (latents at half the image size). The UNet is
+    initialised on `device` (fast on a GPU); the scheduler's tables stay on the host, as diffusers keeps them."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -62,11 +65,12 @@ def sd15_like(width: int = 64, text_width: int = 64, seed: int = 0) -> StableDif
         num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id))
-    unet = UNet2DConditionModel(
-        sample_size=32, in_channels=4, out_channels=4, block_out_channels=(width, 2 * width, 4 * width, 4 * width),
-        layers_per_block=2, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=text_width,
-        attention_head_dim=8)
+    with torch.device(device):
+        unet = UNet2DConditionModel(
+            sample_size=32, in_channels=4, out_channels=4, block_out_channels=(width, 2 * width, 4 * width, 4 * width),
+            layers_per_block=2, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=text_width,
+            attention_head_dim=8)
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                               set_alpha_to_one=False, steps_offset=1)
     pipe = StableDiffusionPipeline(vae=_vae(), text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
@@ -77,11 +81,11 @@ def sd15_like(width: int = 64, text_width: int = 64, seed: int = 0) -> StableDif
     return pipe
 
 
-# name: (builder, image side in pixels: latents are half of it)
-PIPELINES: dict[str, tuple[Callable[[], StableDiffusionPipeline], int | None]] = {
-    "tiny": (lambda: tiny_pipeline("sd"), None),
-    "sd15-like": (sd15_like, 64),
-    "sd15": (lambda: sd15_like(320, 768), 128),
+# name: (builder on a device, image side in pixels: latents are half of it)
+PIPELINES: dict[str, tuple[Callable[[str], StableDiffusionPipeline], int | None]] = {
+    "tiny": (lambda device: tiny_pipeline("sd"), None),
+    "sd15-like": (lambda device: sd15_like(64, 64, device=device), 64),
+    "sd15": (lambda device: sd15_like(320, 768, device=device), 128),
 }
 
 
@@ -92,8 +96,8 @@ class Bench:
         if name not in PIPELINES:
             raise ValueError(f"unknown benchmark pipeline {name!r}; choose from {sorted(PIPELINES)}")
         build, side = PIPELINES[name]
-        self.name, self.steps, self.device = name, steps, torch.device(device)
-        self.pipe = build().to(self.device, getattr(torch, dtype))
+        self.name, self.steps, self.device, self.dtype = name, steps, torch.device(device), dtype
+        self.pipe = build(device).to(self.device, getattr(torch, dtype))
         self.kwargs = self.call_kwargs(steps)
         if side is not None:
             self.kwargs.update(height=side, width=side)
@@ -172,19 +176,18 @@ def peak_mb(bench: Bench, label: str) -> float:
     return _status_mb("VmHWM") - before
 
 
-def memory_variants(name: str, steps: int = 4, repeats: int = 3, device: str = "cpu", dtype: str = "float32",
-                    variants: list[str] | None = None) -> list[dict[str, Any]]:
+def memory_variants(bench: Bench, repeats: int = 3, variants: list[str] | None = None) -> list[dict[str, Any]]:
     """Each variant's peak working memory (median over repeats); ratio to native. On the CPU every measurement is
-    a fresh process with MALLOC_ENV."""
+    a fresh process (the bench's pipeline, steps and dtype) with MALLOC_ENV."""
     names = labels(variants)
     peaks: dict[str, list[float]] = {label: [] for label in names}
-    bench = Bench(name, steps, device, dtype) if device != "cpu" else None
     for _ in range(repeats):
         for label in names:
-            if bench is not None:
+            if bench.device.type != "cpu":
                 peaks[label].append(peak_mb(bench, label))
                 continue
-            command = [sys.executable, "-m", "guidance.pipelines.bench", "peak", name, label, str(steps), dtype]
+            command = [sys.executable, "-m", "guidance.pipelines.bench", bench.name, label, str(bench.steps),
+                       bench.dtype]
             out = subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ, **MALLOC_ENV})
             peaks[label].append(float(out.stdout.strip().splitlines()[-1]))
     base = statistics.median(peaks[NATIVE])
@@ -196,14 +199,24 @@ HOST_READS = frozenset({"item", "tolist", "__bool__", "__float__", "__int__", "_
                         "__array__", "cpu", "equal", "allclose"})
 
 
+def _site() -> str:
+    """The innermost frame of the library or of diffusers on the current stack, as `file:line`."""
+    for frame in reversed(traceback.extract_stack()):
+        parts = Path(frame.filename).parts
+        for package in ("guidance", "pipelines", "diffusers"):
+            if package in parts and "bench.py" not in parts:
+                return f"{'/'.join(parts[parts.index(package):])}:{frame.lineno}"
+    return "elsewhere"
+
+
 class HostReads(TorchFunctionMode):
-    """Counts tensor values read by the host (each a synchronisation when the tensor is on an accelerator), except
-    reads of the scheduler's own host-side tables (diffusers keeps σ and ᾱ on the CPU; its timesteps are on the
-    device and do count)."""
+    """Records where the host reads tensor values (each a synchronisation when the tensor is on an accelerator),
+    except reads of the scheduler's own host-side tables (diffusers keeps σ and ᾱ on the CPU; its timesteps are on
+    the device and do count)."""
 
     def __init__(self, scheduler: Any) -> None:
         super().__init__()
-        self.scheduler, self.count = scheduler, 0
+        self.scheduler, self.sites = scheduler, []
 
     def _host_table(self, tensor: torch.Tensor) -> bool:
         pointer = tensor.untyped_storage().data_ptr()
@@ -212,34 +225,65 @@ class HostReads(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         if getattr(func, "__name__", "") in HOST_READS and args and isinstance(args[0], torch.Tensor):
-            self.count += not self._host_table(args[0])
+            if not self._host_table(args[0]):
+                self.sites.append(_site())
         return func(*args, **(kwargs or {}))
 
 
-def count_syncs(bench: Bench, label: str, steps: int) -> int:
-    """Host reads (CPU) or synchronisations reported by CUDA's sync debug mode (CUDA) of one call."""
+def sync_sites(bench: Bench, label: str, steps: int) -> list[str]:
+    """Where one call reads from the device: host reads (CPU) or the synchronisations that CUDA's sync debug mode
+    reports (CUDA)."""
     if bench.device.type != "cuda":
         with HostReads(bench.pipe.scheduler) as reads:
             bench.call(label, steps)
-        return reads.count
-    with warnings.catch_warnings(record=True) as caught:
+        return reads.sites
+    sites: list[str] = []
+    with warnings.catch_warnings():
         warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *rest: sites.append(_site()) if "synchroniz" in str(message) else None
         torch.cuda.set_sync_debug_mode("warn")
         try:
             bench.call(label, steps)
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught)
+    return sites
+
+
+def count_syncs(bench: Bench, label: str, steps: int) -> int:
+    return len(sync_sites(bench, label, steps))
 
 
 def sync_variants(bench: Bench, steps: int = 4, variants: list[str] | None = None) -> list[dict[str, Any]]:
-    """Per call and per step (slope between `steps` and 2·`steps`) synchronisations of each variant and native."""
-    rows = []
+    """Per call and per step (slope between `steps` and 2·`steps`) synchronisations of each variant and native, and
+    the sites that differ from native's (count at 2·`steps`)."""
+    rows, native = [], Counter()
     for label in labels(variants):
         bench.call(label, steps)  # warm-up
-        short, long = count_syncs(bench, label, steps), count_syncs(bench, label, 2 * steps)
-        rows.append({"variant": label, "per_step": (long - short) / steps, "per_call": short - steps
-                     * (long - short) / steps})
+        short, long = sync_sites(bench, label, steps), sync_sites(bench, label, 2 * steps)
+        per_step = (len(long) - len(short)) / steps
+        native = native or Counter(long)
+        extra = Counter(long) - native
+        rows.append({"variant": label, "per_step": per_step, "per_call": len(short) - steps * per_step,
+                     "extra_sites": ", ".join(f"{site} ×{n}" for site, n in extra.most_common()) or "-"})
+    return rows
+
+
+def numerics(bench: Bench, scales: tuple[float, ...] = (7.5, 100.0), variants: list[str] | None = None,
+             ) -> list[dict[str, Any]]:
+    """Whether each variant's latents stay finite at moderate and extreme scales (in the bench's dtype); a variant
+    with its own scale (cfgpp's λ) keeps it."""
+    rows = []
+    for scale in scales:
+        for label in labels(variants):
+            spec = {"scale": scale, **VARIANTS.get(label, {})}
+            kwargs = bench.kwargs | {"generator": torch.Generator().manual_seed(0)}
+            with torch.no_grad():
+                if label == NATIVE:
+                    latents = bench.pipe(**kwargs, guidance_scale=scale).images
+                else:
+                    latents = run(bench.pipe, spec, **kwargs).images
+            rows.append({"variant": label, "scale": spec["scale"], "finite": bool(torch.isfinite(latents).all()),
+                         "max_abs": float(latents.abs().max())})
     return rows
 
 
@@ -270,6 +314,23 @@ def saving(samples: int = 500, scale: float = 3.0, seed: int = 0, progress: bool
              "precision": row["precision"], "recall": row["recall"]} for row in rows]
 
 
+def machine(device: str) -> str:
+    """The machine a benchmark ran on, in one line."""
+    import platform
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    gpu = f", {torch.cuda.get_device_name(device)}" if torch.device(device).type == "cuda" else ""
+    return (f"{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads){gpu}; python "
+            f"{platform.python_version()}, torch {torch.__version__}, diffusers {_version('diffusers')}")
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     """A markdown table of benchmark rows (ratios and shares to 3 digits)."""
     keys = list(rows[0])
@@ -279,7 +340,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":  # one memory measurement in a fresh process: peak NAME LABEL STEPS DTYPE
-    _, _, pipeline, variant, n, precision = sys.argv
+if __name__ == "__main__":  # one memory measurement in a fresh process: NAME LABEL STEPS DTYPE
+    _, pipeline, variant, n, precision = sys.argv
     torch.set_num_threads(1)
     print(peak_mb(Bench(pipeline, int(n), "cpu", precision), variant))

@@ -216,7 +216,7 @@ class Session:
         rows, t = self._tsg
         if self._tsg_noise is None:
             noise = self.guidance.reference.time_noise(output[rows].shape, t)
-            self._tsg_noise = noise.to(output.device, output.dtype)
+            self._tsg_noise = noise.to(output.device, output.dtype, non_blocking=True)
         perturbed = output.clone()
         perturbed[rows] = perturbed[rows] + self._tsg_noise
         return perturbed
@@ -260,7 +260,7 @@ class Session:
     def _reference_call(self, call: DenoiserCall, rows: slice, samples: list[int], batch: int) -> DenoiserCall:
         if len(samples) == batch:
             return call.take(rows)
-        index = torch.tensor([rows.start + b for b in samples], device=call.sample.device)
+        index = torch.tensor([rows.start + b for b in samples]).to(call.sample.device, non_blocking=True)
         return call.take(index)
 
     def _with_reference(self, cond: DenoiserCall, reference: DenoiserCall) -> tuple[DenoiserCall, slice]:

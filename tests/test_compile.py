@@ -3,9 +3,11 @@ results, without compiling the plugin into the graph, and are restored on exit."
 
 import pytest
 import torch
-from conftest import output_tensor
+
 from guidance.pipelines import run
 from guidance.pipelines.tiny import tiny_call_kwargs, tiny_pipeline
+
+from conftest import output_tensor
 
 
 def _compiler_reason() -> str | None:

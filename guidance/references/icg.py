@@ -25,7 +25,7 @@ def gaussian_like(embedding: torch.Tensor, generator: torch.Generator) -> torch.
     dims = tuple(range(1, wide.ndim))
     mean = wide.mean(dim=dims, keepdim=True)
     std = wide.std(dim=dims, keepdim=True)
-    noise = torch.randn(wide.shape, generator=generator).to(wide.device)
+    noise = torch.randn(wide.shape, generator=generator).to(wide.device, non_blocking=True)
     return (mean + std * noise).to(embedding.dtype)
 
 
@@ -54,11 +54,11 @@ class ICG(SeededReference):
         n = len(rows)
         if source == "class":
             labels = torch.randint(0, rows.num_classes, (n,), generator=self._generator)
-            rows.set_class_labels(labels.to(rows.class_labels().device))
+            rows.set_class_labels(labels.to(rows.class_labels().device, non_blocking=True))
         elif source == "gaussian":
             rows.set_embeddings({k: gaussian_like(v, self._generator) for k, v in rows.embeddings().items()})
         else:
             bank = rows.prompt_bank()
             size = len(next(iter(bank.values())))
             pick = torch.randint(0, size, (n,), generator=self._generator)
-            rows.set_embeddings({k: v[pick.to(v.device)] for k, v in bank.items()})
+            rows.set_embeddings({k: v[pick.to(v.device, non_blocking=True)] for k, v in bank.items()})
