@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -205,6 +206,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         runner = bench.Bench(args.pipeline, args.steps, args.device, args.dtype)
         if args.compile:
             runner.pipe.unet.compile()
+        elif runner.device.type == "cpu":
+            runner.time_denoiser()
         if args.kind == "overhead":
             rows = bench.time_variants(runner, args.repeats, args.variants)
         elif args.kind == "memory":
@@ -216,7 +219,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(bench.markdown(rows), end="")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"command": "guidance " + " ".join(sys.argv[1:]), "machine":
+        args.json.write_text(json.dumps({"command": shlex.join(["guidance", *args.argv]), "machine":
                                          bench.machine(args.device), "rows": rows}, indent=1))
     return 0
 
@@ -333,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.handler(args)
     except GuidanceError as error:

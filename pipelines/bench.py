@@ -12,6 +12,7 @@ Saving (`saving`): denoiser rows, wall time and quality of the saving policies a
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import re
@@ -101,6 +102,23 @@ class Bench:
         self.kwargs = self.call_kwargs(steps)
         if side is not None:
             self.kwargs.update(height=side, width=side)
+        self.denoiser_seconds = 0.0
+
+    def time_denoiser(self) -> None:
+        """Accumulate the wall time spent inside the denoiser's own forward in `denoiser_seconds` (installed below
+        the plugin, which wraps whatever forward it finds). CPU only: on a GPU the clock would need a
+        synchronisation per call."""
+        forward = self.pipe.unet.forward
+
+        @functools.wraps(forward)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return forward(*args, **kwargs)
+            finally:
+                self.denoiser_seconds += time.perf_counter() - start
+
+        self.pipe.unet.forward = timed
 
     @staticmethod
     def call_kwargs(steps: int) -> dict[str, Any]:
@@ -124,12 +142,13 @@ class Bench:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def seconds(self, label: str) -> float:
+    def seconds(self, label: str) -> tuple[float, float]:
+        """Wall seconds of one call, and the seconds of it spent inside the denoiser (0 when not timed)."""
         self.synchronize()
-        start = time.perf_counter()
+        inside, start = self.denoiser_seconds, time.perf_counter()
         self.call(label)
         self.synchronize()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, self.denoiser_seconds - inside
 
 
 def labels(variants: list[str] | None = None) -> list[str]:
@@ -141,18 +160,31 @@ def labels(variants: list[str] | None = None) -> list[str]:
 
 
 def time_variants(bench: Bench, repeats: int = 7, variants: list[str] | None = None) -> list[dict[str, Any]]:
-    """Median seconds per step of native CFG and each variant over interleaved repeats; ratio to native."""
+    """Median ms per step of native CFG and each variant over interleaved repeats, its ratio to native and the
+    spread (max − min)/median. With the denoiser timed (CPU), also the median ms per step spent outside the
+    denoiser and the variant's host-side overhead: its extra time outside the denoiser as a share of native's step
+    (the part the plugin adds, free of the denoiser's run-to-run noise)."""
     names = labels(variants)
     for label in names:  # warm-up
         bench.call(label)
-    times: dict[str, list[float]] = {label: [] for label in names}
+    total: dict[str, list[float]] = {label: [] for label in names}
+    outside: dict[str, list[float]] = {label: [] for label in names}
     for _ in range(repeats):
         for label in names:
-            times[label].append(bench.seconds(label) / bench.steps)
-    base = statistics.median(times[NATIVE])
-    return [{"variant": label, "ms_per_step": 1e3 * statistics.median(values),
-             "ratio": statistics.median(values) / base,
-             "spread": (max(values) - min(values)) / statistics.median(values)} for label, values in times.items()]
+            seconds, inside = bench.seconds(label)
+            total[label].append(1e3 * seconds / bench.steps)
+            outside[label].append(1e3 * (seconds - inside) / bench.steps)
+    base, base_outside = statistics.median(total[NATIVE]), statistics.median(outside[NATIVE])
+    rows = []
+    for label in names:
+        median = statistics.median(total[label])
+        row = {"variant": label, "ms_per_step": median, "ratio": median / base,
+               "spread": (max(total[label]) - min(total[label])) / median}
+        if bench.denoiser_seconds > 0:
+            row["outside_ms_per_step"] = statistics.median(outside[label])
+            row["host_overhead"] = (row["outside_ms_per_step"] - base_outside) / base
+        rows.append(row)
+    return rows
 
 
 def _status_mb(key: str) -> float:

@@ -1,0 +1,44 @@
+"""`guidance bench`: its instruments and its refusals (the measurements themselves live in benchmarks/)."""
+
+import json
+
+import pytest
+
+from guidance.cli import main
+from guidance.pipelines import bench
+
+
+def test_saving_counts_rows_as_the_coefficient_file_plans_them():
+    rows = {r["setting"]: r for r in bench.saving(samples=20, progress=False)}
+    plan = json.loads(open("configs/evaluate/digits-linear-ag-25-every3.json").read())["steps"]
+    real = sum(step["mode"] == "real" for step in plan)
+    assert rows["cfg"]["rows_per_sample"] == 50  # 25 steps, two rows each
+    assert rows["linear_ag (every 3rd guided step real)"]["rows_per_sample"] == 25 + real
+    assert rows["linear_ag (every 3rd guided step real)"]["rows_saved"] == pytest.approx(1 - (25 + real) / 50)
+    assert 0 < rows["adaptive (γ̄ = 0.99)"]["rows_saved"] < 0.5
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows.values())
+
+
+def test_bench_writes_json_and_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "syncs.json"
+    args = ["bench", "syncs", "--pipeline", "tiny", "--steps", "2", "--variants", "cfg,apg", "--json", str(out)]
+    assert main(args) == 0
+    data = json.loads(out.read_text())
+    assert [r["variant"] for r in data["rows"]] == [bench.NATIVE, "cfg", "apg"]
+    assert data["command"].startswith("guidance bench syncs") and data["machine"]
+    assert main(args) == 2
+    assert "exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--variants", "cfg,nope"], "Unknown --variants ['nope']"),
+    (["--device", "cuda"], "no CUDA device"),
+])
+def test_bench_bad_input(args, message, capsys):
+    import torch
+
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible")
+    assert main(["bench", "overhead", "--pipeline", "tiny", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
