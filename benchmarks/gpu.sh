@@ -17,3 +17,6 @@ bench overhead --dtype float16 --steps 20 --repeats 5 --compile --variants "cfg,
 bench syncs --dtype float16 --steps 4 --json "$out/syncs-fp16.json"
 bench overhead --dtype float16 --steps 20 --repeats 15 \
     --variants "cfg,cfg (telemetry off),apg,cfgpp,icg (gaussian),tsg" --json "$out/overhead-fp16-15.json"
+# third pass (the plugin part timed alone)
+bench overhead --dtype float16 --steps 20 --repeats 11 --split --variants "cfg,cfg (telemetry off),apg,icg (gaussian)" \
+    --json "$out/overhead-split-fp16.json"

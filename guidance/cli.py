@@ -206,7 +206,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         runner = bench.Bench(args.pipeline, args.steps, args.device, args.dtype)
         if args.compile:
             runner.pipe.unet.compile()
-        elif runner.device.type == "cpu":
+        elif runner.device.type == "cpu" or args.split:
             runner.time_denoiser()
         if args.kind == "overhead":
             rows = bench.time_variants(runner, args.repeats, args.variants)
@@ -323,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--variants", type=lambda text: [v.strip() for v in text.split(",")],
                        help="comma-separated variants (default: all; see the table's names)")
     bench.add_argument("--compile", action="store_true", help="compile the UNet in place first (torch.compile)")
+    bench.add_argument("--split", action="store_true", help="overhead: also time the denoiser's forward alone "
+                       "(always on the CPU; on a GPU it synchronises around each forward)")
     bench.add_argument("--samples", type=int, default=500, help="samples per setting for `saving`")
     bench.add_argument("--json", type=Path, help="also write the rows, command and machine to this JSON file")
     bench.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
