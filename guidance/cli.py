@@ -196,8 +196,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     unknown = [v for v in args.variants or [] if v not in bench.VARIANTS]
     if unknown:
         raise GuidanceError(f"Unknown --variants {unknown}; choose from: {', '.join(bench.VARIANTS)}.")
+    small = [f"--{k} {v}" for k, v in (("steps", args.steps), ("repeats", args.repeats), ("threads", args.threads),
+                                       ("samples", args.samples)) if v < 1]
+    if small:
+        raise GuidanceError(f"{', '.join(small)}: give 1 or more.")
     if args.json is not None and args.json.exists() and not args.overwrite:
         raise GuidanceError(f"'{args.json}' exists. Pass --overwrite or choose another --json file.")
+    if args.json is not None:
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass
+        if not args.json.parent.is_dir() or not os.access(args.json.parent, os.W_OK):
+            raise GuidanceError(f"Cannot write '{args.json}': '{args.json.parent}' is not a writable folder. "
+                                "Choose another --json.")
     torch.set_num_threads(args.threads)
     print(f"machine: {bench.machine(args.device)}", flush=True)
     if args.kind == "saving":
@@ -218,7 +230,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
             rows = bench.numerics(runner, variants=args.variants)
     print(bench.markdown(rows), end="")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"command": shlex.join(["guidance", *args.argv]), "machine":
                                          bench.machine(args.device), "rows": rows}, indent=1))
     return 0

@@ -33,6 +33,8 @@ def test_bench_writes_json_and_refuses_to_overwrite(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--variants", "cfg,nope"], "Unknown --variants ['nope']"),
     (["--device", "cuda"], "no CUDA device"),
+    (["--repeats", "0"], "--repeats 0: give 1 or more"),
+    (["--json", "README.md/out.json"], "is not a writable folder"),
 ])
 def test_bench_bad_input(args, message, capsys):
     import torch
