@@ -291,11 +291,12 @@ def sync_variants(bench: Bench, steps: int = 4, variants: list[str] | None = Non
     """Per call and per step (slope between `steps` and 2·`steps`) synchronisations of each variant and native, and
     the sites that differ from native's (count at 2·`steps`)."""
     rows, native = [], Counter()
-    for label in labels(variants):
+    for label in labels(variants):  # native first
         bench.call(label, steps)  # warm-up
         short, long = sync_sites(bench, label, steps), sync_sites(bench, label, 2 * steps)
         per_step = (len(long) - len(short)) / steps
-        native = native or Counter(long)
+        if label == NATIVE:
+            native = Counter(long)
         extra = Counter(long) - native
         rows.append({"variant": label, "per_step": per_step, "per_call": len(short) - steps * per_step,
                      "extra_sites": ", ".join(f"{site} ×{n}" for site, n in extra.most_common()) or "-"})

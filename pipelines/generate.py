@@ -136,8 +136,9 @@ def prepare(out_dir: Path, jobs: list[Job], overwrite: bool, resume: bool, confi
     """The jobs still to run (with `resume`, finished ones are skipped), after checking that none would overwrite a
     file without `overwrite` (resuming, a file made from this config is no conflict) and that out_dir is writable."""
     wanted = config.model_dump(mode="json")
-    todo = [job for job in jobs if not (resume and all(_made_from(f, wanted) for f in job.targets))]
-    existing = [str(f) for job in todo for f in job.targets if f.exists() and not (resume and _made_from(f, wanted))]
+    made = {f: resume and _made_from(f, wanted) for job in jobs for f in job.targets}  # each PNG read once
+    todo = [job for job in jobs if not (resume and all(made[f] for f in job.targets))]
+    existing = [str(f) for job in todo for f in job.targets if f.exists() and not made[f]]
     if existing and not overwrite:
         more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
         raise GuidanceError(f"Would overwrite {', '.join(existing[:3])}{more}. Pass --overwrite, or choose another "

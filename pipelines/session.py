@@ -66,6 +66,11 @@ def _method_signature(obj: Any, name: str) -> inspect.Signature:
     return signature.replace(parameters=list(signature.parameters.values())[1:])
 
 
+def _row_index(rows: list[int], device: torch.device) -> torch.Tensor:
+    """Row indices on `device`, copied without blocking the host (no synchronisation on the hot path)."""
+    return torch.tensor(rows).to(device, non_blocking=True)
+
+
 def _first(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else next(iter(out.values()))
 
@@ -260,8 +265,7 @@ class Session:
     def _reference_call(self, call: DenoiserCall, rows: slice, samples: list[int], batch: int) -> DenoiserCall:
         if len(samples) == batch:
             return call.take(rows)
-        index = torch.tensor([rows.start + b for b in samples]).to(call.sample.device, non_blocking=True)
-        return call.take(index)
+        return call.take(_row_index([rows.start + b for b in samples], call.sample.device))
 
     def _with_reference(self, cond: DenoiserCall, reference: DenoiserCall) -> tuple[DenoiserCall, slice]:
         """cond rows followed by reference rows, conditions changed by the reference strategy."""
@@ -352,7 +356,7 @@ class Session:
             self._record(w, branches=("cond",), reference_rows=0)
             return c
         every = len(samples) == batch
-        sel: slice | torch.Tensor = slice(None) if every else torch.tensor(samples, device=c.device)
+        sel: slice | torch.Tensor = slice(None) if every else _row_index(samples, c.device)
         cg, xg = cp[sel], x[sel]
         if cg.dtype != u.dtype:
             u = u.to(cg.dtype)
