@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .composition import Guidance, load
 from .errors import GuidanceError
 from .policies import POLICIES
 from .references import REFERENCES
 from .rules import RULES
 from .schedules import SCHEDULES
+from .spec import Guidance, load
 
 __version__ = "0.1.0"
 

@@ -10,11 +10,11 @@ import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from pydantic import PrivateAttr
 
-from guidance.composition import Guidance, load
 from guidance.errors import GuidanceError
 from guidance.plan import StepTable
 from guidance.policies.always import Always
 from guidance.policies.linear_ag import fit, step_modes, write
+from guidance.spec import Guidance, load
 
 from .session import Session
 

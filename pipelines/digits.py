@@ -1,37 +1,27 @@
-"""The digits reference model: scikit-learn's bundled 8×8 digits, upsampled, a small class-conditional UNet
-trained with label dropout (and a twin without, ICG's target case), and a separate digit classifier whose
-features the evaluation uses. Everything here runs offline on a CPU.
-
-    python -m guidance.pipelines.digits train --out models/digits --steps 6000
-    python -m guidance.pipelines.digits classifier --out models/digit-classifier
+"""The bundled digits models: scikit-learn's 8×8 digits upsampled to 16×16, a small class-conditional UNet trained
+with label dropout (`digits`) and its twin trained without (`digits-no-dropout`, ICG's target case), and a separately
+trained digit classifier whose features the evaluation uses. Everything here runs offline on a CPU; the training
+script is `python -m guidance.app.train_digits` (its command and settings are in each model's training.json).
 """
 
 from __future__ import annotations
 
-import argparse
-import copy
-import json
-import math
-import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from diffusers.utils import logging as diffusers_logging
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
+from .bundled import BUNDLED, MODELS_FOLDER
 from .class_conditional import ClassConditionalPipeline
 
 NUM_CLASSES = 10
 SIZE = 16
-MODELS = Path(__file__).parent / "models"
-DEFAULT_MODEL = MODELS / "digits"
-NO_DROPOUT_MODEL = MODELS / "digits-no-dropout"
-CLASSIFIER = MODELS / "digit-classifier"
+DEFAULT_MODEL = BUNDLED["digits"]
+NO_DROPOUT_MODEL = BUNDLED["digits-no-dropout"]
+CLASSIFIER = MODELS_FOLDER / "digit-classifier"
 
 
 def load_digit_images(split: str = "train", size: int = SIZE, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,81 +39,6 @@ def load_digit_images(split: str = "train", size: int = SIZE, seed: int = 0) -> 
                                    stratify=labels.numpy())
     index = torch.tensor(train if split == "train" else test)
     return images[index], labels[index]
-
-
-def build_unet(width: int = 16, layers: int = 1) -> UNet2DModel:
-    """A small pixel-space UNet (0.64 M parameters at width 16); class NUM_CLASSES is the null class."""
-    return UNet2DModel(
-        sample_size=SIZE, in_channels=1, out_channels=1, block_out_channels=(width, 2 * width, 4 * width),
-        layers_per_block=layers, down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3,
-        norm_num_groups=8, num_class_embeds=NUM_CLASSES + 1,
-    )
-
-
-def noise_scheduler(prediction_type: str) -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type,
-                         clip_sample=False)
-
-
-def sampling_scheduler(train_scheduler: DDPMScheduler) -> DDIMScheduler:
-    """Deterministic DDIM with 'leading' spacing (the cosine schedule's last ᾱ ≈ 0 breaks 'trailing')."""
-    return DDIMScheduler.from_config(train_scheduler.config, timestep_spacing="leading", steps_offset=1,
-                                     set_alpha_to_one=False, clip_sample=False)
-
-
-def _target(scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    if scheduler.config.prediction_type == "epsilon":
-        return noise
-    return scheduler.get_velocity(x0, noise, t)
-
-
-def train(out: Path, steps: int, label_dropout: float, seed: int = 0, batch: int = 64, lr: float = 2e-3,
-          width: int = 16, layers: int = 1, prediction_type: str = "v_prediction", dequantize: float = 0.02,
-          ema_decay: float = 0.999, log_every: int = 250) -> dict[str, Any]:
-    """Train the class-conditional model and save it as a ClassConditionalPipeline (safetensors)."""
-    torch.manual_seed(seed)
-    images, labels = load_digit_images("train")
-    unet = build_unet(width, layers)
-    ema = copy.deepcopy(unet).requires_grad_(False)
-    scheduler = noise_scheduler(prediction_type)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
-    warmup = 100
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
-    generator = torch.Generator().manual_seed(seed)
-    start, losses = time.time(), []
-    for step in range(steps):
-        index = torch.randint(0, len(labels), (batch,), generator=generator)
-        x0 = images[index] + dequantize * torch.randn(images[index].shape, generator=generator)
-        y = labels[index].clone()
-        y[torch.rand(batch, generator=generator) < label_dropout] = NUM_CLASSES
-        noise = torch.randn(x0.shape, generator=generator)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
-        prediction = unet(scheduler.add_noise(x0, noise, t), t, class_labels=y).sample
-        loss = F.mse_loss(prediction, _target(scheduler, x0, noise, t))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        with torch.no_grad():
-            decay = min(ema_decay, (1 + step) / (10 + step))
-            for p_ema, p in zip(ema.parameters(), unet.parameters(), strict=True):
-                p_ema.lerp_(p, 1 - decay)
-        losses.append(loss.item())
-        if log_every and (step + 1) % log_every == 0:
-            print(f"step {step + 1}/{steps} loss {sum(losses[-log_every:]) / log_every:.4f} "
-                  f"({time.time() - start:.0f} s)", flush=True)
-    pipe = ClassConditionalPipeline(unet=ema.eval(), scheduler=sampling_scheduler(scheduler))
-    pipe.save_pretrained(out, safe_serialization=True)
-    record = {"command": " ".join(["python -m guidance.pipelines.digits", *sys.argv[1:]]), "seed": seed,
-              "steps": steps, "batch": batch, "lr": lr, "width": width, "layers": layers,
-              "label_dropout": label_dropout,
-              "prediction_type": prediction_type, "dequantize": dequantize, "ema_decay": ema_decay,
-              "wall_time_s": round(time.time() - start, 1), "final_loss": sum(losses[-200:]) / len(losses[-200:]),
-              "parameters": sum(p.numel() for p in unet.parameters()), "torch_threads": torch.get_num_threads()}
-    (Path(out) / "training.json").write_text(json.dumps(record, indent=1))
-    return record
 
 
 class DigitClassifier(nn.Module):
@@ -145,35 +60,6 @@ class DigitClassifier(nn.Module):
         return self.head(self.features(images))
 
 
-def train_classifier(out: Path, epochs: int = 60, seed: int = 1) -> dict[str, Any]:
-    """Train the evaluation classifier on the train split (small shifts as augmentation); report held-out accuracy."""
-    torch.manual_seed(seed)
-    images, labels = load_digit_images("train")
-    test_images, test_labels = load_digit_images("test")
-    model = DigitClassifier()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    generator = torch.Generator().manual_seed(seed)
-    start = time.time()
-    for _ in range(epochs):
-        for index in torch.randperm(len(labels), generator=generator).split(64):
-            shift = torch.randint(-1, 2, (2,), generator=generator).tolist()
-            x = torch.roll(images[index], shifts=shift, dims=(2, 3))
-            loss = F.cross_entropy(model(x), labels[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        accuracy = (model(test_images).argmax(1) == test_labels).float().mean().item()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(model.state_dict(), out / "model.safetensors")
-    record = {"command": " ".join(["python -m guidance.pipelines.digits", *sys.argv[1:]]), "seed": seed,
-              "epochs": epochs, "held_out_accuracy": accuracy, "wall_time_s": round(time.time() - start, 1)}
-    (out / "training.json").write_text(json.dumps(record, indent=1))
-    return record
-
-
 def load_classifier(path: Path = CLASSIFIER) -> DigitClassifier:
     model = DigitClassifier()
     model.load_state_dict(load_file(Path(path) / "model.safetensors"))
@@ -191,33 +77,3 @@ def load_pipeline(path: Path | str = DEFAULT_MODEL) -> ClassConditionalPipeline:
             diffusers_logging.enable_progress_bar()
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m guidance.pipelines.digits", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    model = sub.add_parser("train", help="train the class-conditional digits diffusion model")
-    model.add_argument("--out", type=Path, default=DEFAULT_MODEL)
-    model.add_argument("--steps", type=int, default=6000)
-    model.add_argument("--label-dropout", type=float, default=0.15)
-    model.add_argument("--seed", type=int, default=0)
-    model.add_argument("--batch", type=int, default=64)
-    model.add_argument("--lr", type=float, default=2e-3)
-    model.add_argument("--width", type=int, default=16)
-    model.add_argument("--layers", type=int, default=1)
-    model.add_argument("--prediction-type", default="v_prediction", choices=["epsilon", "v_prediction"])
-    model.add_argument("--threads", type=int, default=1)
-    classifier = sub.add_parser("classifier", help="train the evaluation digit classifier")
-    classifier.add_argument("--out", type=Path, default=CLASSIFIER)
-    classifier.add_argument("--epochs", type=int, default=60)
-    args = parser.parse_args(argv)
-    if args.command == "train":
-        torch.set_num_threads(args.threads)
-        print(json.dumps(train(args.out, args.steps, args.label_dropout, seed=args.seed, batch=args.batch, lr=args.lr,
-                               width=args.width, layers=args.layers, prediction_type=args.prediction_type), indent=1))
-    else:
-        print(json.dumps(train_classifier(args.out, epochs=args.epochs), indent=1))
-
-
-if __name__ == "__main__":
-    main()

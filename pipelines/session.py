@@ -17,12 +17,12 @@ from typing import Any
 import torch
 from diffusers.callbacks import PipelineCallback
 
-from guidance.composition import Guidance, load, rescale_guided
 from guidance.errors import GuidanceError
 from guidance.plan import StepTable
 from guidance.rules.base import RuleStep
 from guidance.samplers import SamplerCorrection, correction_for
 from guidance.spaces import from_x0, per_sample_cosine, per_sample_norm, to_x0
+from guidance.spec import Guidance, load, rescale_guided
 from guidance.telemetry import StepRecord
 
 from .adapters import adapter_for

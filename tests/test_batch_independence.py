@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import guidance
-from guidance.pipelines.tiny import TEXT_DIM, TEXT_SEQ_LEN, tiny_pipeline
+from guidance.pipelines.testing.tiny import TEXT_DIM, TEXT_SEQ_LEN, tiny_pipeline
 
 from conftest import output_tensor
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from guidance.cli import main
-from guidance.pipelines import bench
+from guidance.app import bench
+from guidance.app.cli import main
 
 
 def test_saving_counts_rows_as_the_coefficient_file_plans_them():

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import guidance
-from guidance.pipelines.tiny import tiny_call_kwargs, tiny_pipeline, with_scheduler
+from guidance.pipelines.schedulers import set_scheduler
+from guidance.pipelines.testing.tiny import tiny_call_kwargs, tiny_pipeline
 
 from reference_loops import (
     ddim_cfgpp,
@@ -26,7 +27,7 @@ LOOPS = {"ddim": ddim_cfgpp, "euler": euler_cfgpp, "dpmpp_2m": dpmpp_2m_cfgpp}
 @pytest.mark.parametrize("scheduler", list(LOOPS))
 @pytest.mark.parametrize("steps", [4, 7])
 def test_cfgpp_matches_direct_loop(scheduler: str, steps: int) -> None:
-    pipe = with_scheduler(tiny_pipeline("sd"), scheduler)
+    pipe = set_scheduler(tiny_pipeline("sd"), scheduler)
     inputs = sd_inputs(pipe)
     expected = LOOPS[scheduler](pipe, inputs, steps, 0.6)
     got = guidance.run(pipe, {"rule": "cfgpp", "scale": 0.6}, **sd_call(inputs, steps)).images
@@ -101,7 +102,7 @@ def test_cfgpp_ddim_step_is_cfg_at_omega_t() -> None:
 @pytest.mark.parametrize("scheduler", ["ddim", "euler"])
 def test_cfgpp_v_prediction(scheduler: str) -> None:
     """v-prediction models: the renoising uses the unconditional noise estimate ε_u = a·v_u + s·x."""
-    pipe = with_scheduler(tiny_pipeline("sd"), scheduler)
+    pipe = set_scheduler(tiny_pipeline("sd"), scheduler)
     pipe.scheduler.register_to_config(prediction_type="v_prediction")
     inputs = sd_inputs(pipe)
     got = guidance.run(pipe, {"rule": "cfgpp", "scale": 0.6}, **sd_call(inputs, 4)).images

@@ -10,8 +10,8 @@ import math
 
 import pytest
 
+from guidance.app.evaluate import Setting, evaluate
 from guidance.pipelines.digits import load_pipeline
-from guidance.pipelines.evaluation import Setting, evaluate
 
 
 def cfgpp_mean_omega(lam: float, steps: int = 25) -> float:

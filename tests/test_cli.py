@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from guidance.cli import main
-from guidance.config import validate
+from guidance.app.cli import main
+from guidance.app.config import validate
+from guidance.app.generate import generate
 from guidance.errors import GuidanceError
-from guidance.pipelines.generate import generate
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 FAST = ["--set", "sampler.steps=3", "--no-progress"]

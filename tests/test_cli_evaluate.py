@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from guidance.cli import main
+from guidance.app.cli import main
 
 SETTINGS = """\
 samples: 20

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from guidance.pipelines import run
-from guidance.pipelines.tiny import tiny_call_kwargs, tiny_pipeline
+from guidance.pipelines.testing.tiny import tiny_call_kwargs, tiny_pipeline
 
 from conftest import output_tensor
 

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 import guidance
+from guidance.app.evaluate import Setting, evaluate
+from guidance.app.train_digits import train
 from guidance.pipelines.digits import (
     CLASSIFIER,
     DEFAULT_MODEL,
@@ -15,9 +17,7 @@ from guidance.pipelines.digits import (
     load_classifier,
     load_digit_images,
     load_pipeline,
-    train,
 )
-from guidance.pipelines.evaluation import Setting, evaluate
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,8 @@ def pipe():
 def test_models_are_bundled_with_their_training_records() -> None:
     for path in (DEFAULT_MODEL, NO_DROPOUT_MODEL):
         record = json.loads((path / "training.json").read_text())
-        assert record["command"].startswith("python -m guidance.pipelines.digits train")
+        assert record["command"].startswith("python -m guidance.app.train_digits train")
+        assert f"--steps {record['steps']}" in record["command"]
         assert {"seed", "wall_time_s", "steps", "label_dropout"} <= set(record)
         assert (path / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size < 8_000_000
     assert json.loads((DEFAULT_MODEL / "training.json").read_text())["label_dropout"] > 0

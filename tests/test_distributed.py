@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from guidance.cli import main
-from guidance.pipelines import sweep as sweep_module
-from guidance.pipelines.sweep import cells, pending, runs, share
+from guidance.app import sweep as sweep_module
+from guidance.app.cli import main
+from guidance.app.sweep import cells, pending, runs, share
 
 # 4 cells × 2 seeds × 2 labels = 16 calls of 2 images each (a call's images share one generator)
 ARGS = ["sweep", "--set", "class_labels=[7,2]", "--set", "sampler.batch=2", "--set", "sampler.steps=4",

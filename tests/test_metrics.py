@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import linalg
 
-from guidance.metrics import class_diversity, frechet_distance, knn_precision_recall, saturation
+from guidance.app.metrics import class_diversity, frechet_distance, knn_precision_recall, saturation
 
 
 def test_frechet_distance_matches_scipy_sqrtm_formula() -> None:

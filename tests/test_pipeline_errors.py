@@ -19,7 +19,7 @@ from diffusers import (
 
 import guidance
 from guidance import GuidanceError
-from guidance.pipelines.tiny import tiny_call_kwargs, tiny_pipeline
+from guidance.pipelines.testing.tiny import tiny_call_kwargs, tiny_pipeline
 
 from conftest import output_tensor, strip_scales
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import guidance
-from guidance.pipelines.tiny import tiny_pipeline, with_scheduler
+from guidance.pipelines.schedulers import set_scheduler
+from guidance.pipelines.testing.tiny import tiny_pipeline
 
 from reference_loops import ddim_guided, sd_call, sd_inputs
 
@@ -133,7 +134,7 @@ def test_linear_ag_refuses_other_step_count_or_scheduler(fitted) -> None:
     spec = {"scale": 5.0, "policy": {"name": "linear_ag", "coefficients": str(path)}}
     with pytest.raises(guidance.GuidanceError, match="8 steps"):
         guidance.run(pipe, spec, **sd_call(inputs, 6))
-    with_scheduler(pipe, "euler")
+    set_scheduler(pipe, "euler")
     with pytest.raises(guidance.GuidanceError, match="EulerDiscreteScheduler"):
         guidance.run(pipe, spec, **sd_call(inputs, 8))
 

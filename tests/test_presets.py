@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import guidance
-from guidance.config import read, validate
-from guidance.pipelines.generate import generate
-from guidance.pipelines.tiny import tiny_call_kwargs, tiny_pipeline, with_scheduler
+from guidance.app.config import read, validate
+from guidance.app.generate import generate
+from guidance.pipelines.schedulers import set_scheduler
+from guidance.pipelines.testing.tiny import tiny_call_kwargs, tiny_pipeline
 
 from conftest import output_tensor, strip_scales
 
@@ -38,6 +39,6 @@ def test_preset_validates_and_its_guidance_runs(path: Path, tmp_path: Path) -> N
     family = FAMILIES[config.model.path]
     pipe = tiny_pipeline(family)
     if config.sampler.scheduler != "default":
-        with_scheduler(pipe, config.sampler.scheduler)
+        set_scheduler(pipe, config.sampler.scheduler)
     out = guidance.run(pipe, config.guidance, **strip_scales(tiny_call_kwargs(family, batch=1, seed=0)))
     assert torch.isfinite(output_tensor(out)).all()

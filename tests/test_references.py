@@ -7,7 +7,7 @@ import torch
 
 import guidance
 from guidance.pipelines.adapters.base import RANDOM_PROMPTS
-from guidance.pipelines.tiny import NULL_CLASS, tiny_call_kwargs, tiny_pipeline
+from guidance.pipelines.testing.tiny import NULL_CLASS, tiny_call_kwargs, tiny_pipeline
 
 from conftest import strip_scales
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import guidance
-from guidance.pipelines.tiny import FAMILIES, tiny_call_kwargs, tiny_pipeline
+from guidance.pipelines.testing.tiny import FAMILIES, tiny_call_kwargs, tiny_pipeline
 
 from conftest import first_layer, output_tensor, strip_scales
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import guidance
-from guidance.pipelines.tiny import tiny_call_kwargs, tiny_pipeline
+from guidance.pipelines.testing.tiny import tiny_call_kwargs, tiny_pipeline
 from guidance.rules import RULES, RuleStep
 
 from reference_loops import ddim_guided, sd_call, sd_inputs

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import guidance
-from guidance.pipelines.tiny import tiny_call_kwargs, tiny_pipeline, with_scheduler
+from guidance.pipelines.schedulers import set_scheduler
+from guidance.pipelines.testing.tiny import tiny_call_kwargs, tiny_pipeline
 from guidance.plan import StepTable
 from guidance.schedules import Schedule
 
@@ -354,7 +355,7 @@ def test_pipeline_interval_skips_outside_and_guides_inside(row_counter):
 @pytest.mark.parametrize("family", ("sd_euler", "sd3"))
 def test_pipeline_interval_sigma_euler_and_flow(family, row_counter):
     """σ_i is the scheduler's σ for Euler and σ/(1 − σ) for flow matching (convention 3)."""
-    pipe = with_scheduler(tiny_pipeline("sd"), "euler") if family == "sd_euler" else tiny_pipeline("sd3")
+    pipe = set_scheduler(tiny_pipeline("sd"), "euler") if family == "sd_euler" else tiny_pipeline("sd3")
     kwargs = sd_kwargs() if family == "sd_euler" else strip_scales(tiny_call_kwargs("sd3", batch=BATCH,
                                                                                     num_inference_steps=STEPS))
     counter = row_counter(pipe)

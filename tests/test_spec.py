@@ -12,7 +12,7 @@ import yaml
 
 import guidance
 from guidance import POLICIES, REFERENCES, RULES, SCHEDULES, Guidance, GuidanceError
-from guidance.pipelines.tiny import tiny_call_kwargs, tiny_pipeline
+from guidance.pipelines.testing.tiny import tiny_call_kwargs, tiny_pipeline
 
 from conftest import output_tensor, strip_scales
 

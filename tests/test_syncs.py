@@ -1,13 +1,13 @@
 """The hot path reads nothing from the device per step beyond what native diffusers CFG reads.
 
-Counted with `guidance.pipelines.bench.HostReads` (every tensor value the host reads: `.item()`, `float()`, `bool()`,
+Counted with `guidance.app.bench.HostReads` (every tensor value the host reads: `.item()`, `float()`, `bool()`,
 `.tolist()`, indexing a list with a tensor, …, except the scheduler's host-side σ/ᾱ tables), as the slope between
 runs of 4 and 8 steps, against native CFG on the same pipeline.
 """
 
 import pytest
 
-from guidance.pipelines.bench import NATIVE, VARIANTS, Bench, count_syncs
+from guidance.app.bench import NATIVE, VARIANTS, Bench, count_syncs
 
 STEPS = 4
 

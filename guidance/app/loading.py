@@ -9,30 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DDPMScheduler,
-    DiffusionPipeline,
-    DPMSolverMultistepScheduler,
-    EulerDiscreteScheduler,
-    FlowMatchEulerDiscreteScheduler,
-)
+from diffusers import DiffusionPipeline
 
-from guidance.config import ModelSection
-from guidance.errors import GuidanceError
+from ..errors import GuidanceError
+from ..pipelines.adapters import adapter_for
+from ..pipelines.bundled import BUNDLED
+from ..pipelines.class_conditional import ClassConditionalPipeline
+from ..pipelines.digits import load_pipeline
+from ..pipelines.schedulers import set_scheduler
+from .config import ModelSection
 
-from .adapters import adapter_for
-from .class_conditional import ClassConditionalPipeline
-from .digits import DEFAULT_MODEL, NO_DROPOUT_MODEL, load_pipeline
-
-BUNDLED = {"digits": DEFAULT_MODEL, "digits-no-dropout": NO_DROPOUT_MODEL}
-SCHEDULER_CLASSES: dict[str, tuple[type, dict[str, Any]]] = {
-    "ddim": (DDIMScheduler, {}),
-    "euler": (EulerDiscreteScheduler, {}),
-    "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "ddpm": (DDPMScheduler, {}),
-    "flow_euler": (FlowMatchEulerDiscreteScheduler, {}),
-}
+__all__ = ["device_of", "load_model", "set_scheduler"]
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -76,18 +63,3 @@ def load_model(section: ModelSection) -> Any:
         pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device_of(section.device))
     return pipe if pipe.dtype == dtype else pipe.to(dtype=dtype)
-
-
-def set_scheduler(pipe: Any, name: str) -> Any:
-    """Swap the pipeline's scheduler for `name` (built from its current config); "default" keeps it."""
-    if name == "default":
-        return pipe
-    is_flow = isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler)
-    if is_flow != (name == "flow_euler"):
-        kind = "a flow-matching" if is_flow else "a diffusion"
-        fits = "flow_euler" if is_flow else "ddim, euler, dpmpp_2m or ddpm"
-        raise GuidanceError(f"sampler.scheduler {name!r} does not fit {kind} model ({type(pipe).__name__}); "
-                            f"use {fits}.")
-    cls, overrides = SCHEDULER_CLASSES[name]
-    pipe.scheduler = cls.from_config(pipe.scheduler.config, **overrides)
-    return pipe

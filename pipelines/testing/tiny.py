@@ -41,10 +41,9 @@ from diffusers import (
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from .loading import set_scheduler
+from ..schedulers import set_scheduler
 
 FAMILIES = ("sd", "sdxl", "sd3", "flux", "pixart", "pixart_sigma", "dit")
-SCHEDULERS = ("ddim", "euler", "dpmpp_2m", "ddpm", "flow_euler")
 
 TOKENIZER_MAX_LENGTH = 16
 TEXT_DIM = 32  # hidden size of every tiny text encoder and of the embeddings fed to SD3/Flux/PixArt
@@ -145,7 +144,7 @@ def tiny_sd(
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    return with_scheduler(_finish(pipe), scheduler)
+    return set_scheduler(_finish(pipe), scheduler)
 
 
 def tiny_sdxl(seed: int = 0) -> StableDiffusionXLPipeline:
@@ -181,7 +180,7 @@ def tiny_sdxl(seed: int = 0) -> StableDiffusionXLPipeline:
         scheduler=DDIMScheduler(**_SD_SCHEDULER_CONFIG),
         add_watermarker=False,
     )
-    return with_scheduler(_finish(pipe), "euler")
+    return set_scheduler(_finish(pipe), "euler")
 
 
 def tiny_sd3(seed: int = 0) -> StableDiffusion3Pipeline:
@@ -277,7 +276,7 @@ def tiny_pixart(seed: int = 0, sigma: bool = False) -> PixArtAlphaPipeline | Pix
         transformer=transformer,
         scheduler=DDIMScheduler(**_SD_SCHEDULER_CONFIG),
     )
-    return with_scheduler(_finish(pipe), "dpmpp_2m")
+    return set_scheduler(_finish(pipe), "dpmpp_2m")
 
 
 def tiny_dit(seed: int = 0) -> DiTPipeline:
@@ -304,6 +303,34 @@ def tiny_dit(seed: int = 0) -> DiTPipeline:
         id2label={i: f"class {i}" for i in range(NULL_CLASS)},
     )
     return _finish(pipe)
+
+
+def sd15_like(width: int = 64, text_width: int = 64, seed: int = 0, device: str = "cpu") -> StableDiffusionPipeline:
+    """A random-weight Stable Diffusion pipeline with SD-1.5's UNet block structure (4 levels of widths w, 2w, 4w,
+    4w, 2 layers each, cross-attention in the first three, 8 heads); width 320 and text width 768 are SD-1.5's.
+    The text encoder is a 2-layer CLIP and the VAE a 2-level one (latents at half the image size). The UNet is
+    initialised on `device` (fast on a GPU); the scheduler's tables stay on the host, as diffusers keeps them."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=text_width, intermediate_size=2 * text_width, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id))
+    with torch.device(device):
+        unet = UNet2DConditionModel(
+            sample_size=32, in_channels=4, out_channels=4, block_out_channels=(width, 2 * width, 4 * width, 4 * width),
+            layers_per_block=2, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=text_width,
+            attention_head_dim=8)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=_vae(), text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def tiny_pipeline(family: str, seed: int = 0) -> DiffusionPipeline:
@@ -384,14 +411,3 @@ def tiny_call_kwargs(
     if family == "flux":
         return kwargs | {"true_cfg_scale": guidance_scale}
     return kwargs | {"guidance_scale": guidance_scale}
-
-
-def with_scheduler(pipe: DiffusionPipeline, name: str) -> DiffusionPipeline:
-    """Swap ``pipe.scheduler`` for scheduler ``name`` (one of ``SCHEDULERS``), built from its config.
-
-    ``flow_euler`` is only for flow-matching pipelines (SD3, Flux), the others only for diffusion ones.
-    Returns ``pipe`` itself.
-    """
-    if name not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {name!r}; expected one of {SCHEDULERS}")
-    return set_scheduler(pipe, name)

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from .errors import GuidanceError
+from ..errors import GuidanceError
 
 EXAMPLE_SETTINGS = """\
 model: digits            # default model of every setting (digits, digits-no-dropout, or a folder)
@@ -51,7 +51,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def evaluation_settings(data: dict[str, Any], source: str, scales: list[float] | None) -> list[Any]:
     """Settings from a file's mapping: `settings:` (each with `guidance:` and optional `scales:`, `steps`, `eta`,
     `model`, `name`) or a single `guidance:` section."""
-    from .pipelines.evaluation import Setting
+    from .evaluate import Setting
 
     entries = data.get("settings", [{"name": Path(source).stem, "guidance": data.get("guidance") or {}}])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
@@ -78,8 +78,8 @@ def evaluation_settings(data: dict[str, Any], source: str, scales: list[float] |
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .pipelines.evaluation import Setting, evaluate
-    from .pipelines.report import markdown_table
+    from .evaluate import Setting, evaluate
+    from .report import markdown_table
 
     settings: list[Setting] = []
     samples = args.samples
@@ -99,8 +99,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .composition import AXES
-    from .registry import describe_fields
+    from ..registry import describe_fields
+    from ..spec import AXES
 
     for axis, registry in AXES.items():
         print(f"{axis}s:")
@@ -126,7 +126,7 @@ def _run_config(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .config import validate
-    from .pipelines.generate import generate, regenerate
+    from .generate import generate, regenerate
 
     if args.from_image is not None:
         if args.config or args.set:
@@ -150,7 +150,7 @@ def _sweep_argv(args: argparse.Namespace, out: Path) -> list[str]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .pipelines.sweep import check, launch, parse_grid, parse_seeds, require_launcher, sweep
+    from .sweep import check, launch, parse_grid, parse_seeds, require_launcher, sweep
 
     data, source = _run_config(args)
     axes, seeds = parse_grid(args.grid or []), parse_seeds(args.seeds)
@@ -166,10 +166,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_fit_linear_ag(args: argparse.Namespace) -> int:
+    from ..pipelines.api import fit_linear_ag
     from .config import validate
-    from .pipelines.api import fit_linear_ag
-    from .pipelines.generate import call_kwargs
-    from .pipelines.loading import load_model, set_scheduler
+    from .generate import call_kwargs
+    from .loading import load_model, set_scheduler
 
     data, source = _run_config(args)
     config = validate(data, source)
@@ -189,7 +189,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .pipelines import bench
+    from . import bench
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise GuidanceError(f"--device {args.device}: no CUDA device is visible. Use --device cpu.")

@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import StableDiffusionPipeline
 from torch.overrides import TorchFunctionMode
 
-from .api import attach, run
-from .tiny import _vae, tiny_call_kwargs, tiny_pipeline, tiny_tokenizer
+from ..pipelines.api import attach, run
+from ..pipelines.testing.tiny import sd15_like, tiny_call_kwargs, tiny_pipeline
 
 SCALE = 7.5
 NATIVE = "native diffusers CFG"
@@ -50,36 +50,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 # glibc: serve every block above 64 KiB by mmap and unmap it when freed, so resident memory tracks live tensors.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
-
-
-def sd15_like(width: int = 64, text_width: int = 64, seed: int = 0, device: str = "cpu") -> StableDiffusionPipeline:
-    """A random-weight Stable Diffusion pipeline with SD-1.5's UNet block structure (4 levels of widths w, 2w, 4w,
-    4w, 2 layers each, cross-attention in the first three, 8 heads); width 320 and text width 768 are SD-1.5's.
-    The text encoder is a 2-layer CLIP and the VAE a 2-level one (latents at half the image size). The UNet is
-    initialised on `device` (fast on a GPU); the scheduler's tables stay on the host, as diffusers keeps them."""
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(seed)
-    tokenizer = tiny_tokenizer()
-    text = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=text_width, intermediate_size=2 * text_width, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id))
-    with torch.device(device):
-        unet = UNet2DConditionModel(
-            sample_size=32, in_channels=4, out_channels=4, block_out_channels=(width, 2 * width, 4 * width, 4 * width),
-            layers_per_block=2, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=text_width,
-            attention_head_dim=8)
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=_vae(), text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
-        module.eval()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 # name: (builder on a device, image side in pixels: latents are half of it)
@@ -220,7 +190,7 @@ def memory_variants(bench: Bench, repeats: int = 3, variants: list[str] | None =
             if bench.device.type != "cpu":
                 peaks[label].append(peak_mb(bench, label))
                 continue
-            command = [sys.executable, "-m", "guidance.pipelines.bench", bench.name, label, str(bench.steps),
+            command = [sys.executable, "-m", "guidance.app.bench", bench.name, label, str(bench.steps),
                        bench.dtype]
             out = subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ, **MALLOC_ENV})
             peaks[label].append(float(out.stdout.strip().splitlines()[-1]))
@@ -336,7 +306,7 @@ SAVING_SETTINGS: dict[str, dict[str, Any]] = {
 def saving(samples: int = 500, scale: float = 3.0, seed: int = 0, progress: bool = True) -> list[dict[str, Any]]:
     """Rows, time and quality of the saving policies against CFG at one scale on the digits model (25 DDIM
     steps), with each metric's change relative to CFG."""
-    from .evaluation import Setting, evaluate
+    from .evaluate import Setting, evaluate
 
     settings = [Setting(label, {"scale": scale, **spec}) for label, spec in SAVING_SETTINGS.items()]
     rows = evaluate(settings, samples=samples, seed=seed, progress=progress)

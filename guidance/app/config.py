@@ -13,11 +13,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
-from .composition import Guidance, load
-from .errors import GuidanceError
-from .registry import did_you_mean
-
-SCHEDULERS = ("default", "ddim", "euler", "dpmpp_2m", "ddpm", "flow_euler")
+from ..errors import GuidanceError
+from ..pipelines.schedulers import SCHEDULERS
+from ..registry import did_you_mean
+from ..spec import Guidance, load
 
 
 class Section(BaseModel):
@@ -35,7 +34,7 @@ class ModelSection(Section):
 class SamplerSection(Section):
     """How to sample: the scheduler (default: the pipeline's own), steps, seed, images per prompt or label."""
 
-    scheduler: Literal[SCHEDULERS] = "default"  # type: ignore[valid-type]
+    scheduler: Literal[("default", *SCHEDULERS)] = "default"  # type: ignore[valid-type]
     steps: int = Field(25, ge=1, le=1000)
     seed: int = Field(0, ge=0, lt=2**63)
     batch: int = Field(1, ge=1, le=64)

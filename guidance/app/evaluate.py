@@ -18,22 +18,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from guidance.composition import load
-from guidance.metrics import class_diversity, frechet_distance, knn_precision_recall, saturation
-
-from .api import run
-from .class_conditional import ClassConditionalPipeline
-from .digits import (
-    DEFAULT_MODEL,
-    NO_DROPOUT_MODEL,
+from ..pipelines.api import run
+from ..pipelines.bundled import BUNDLED
+from ..pipelines.class_conditional import ClassConditionalPipeline
+from ..pipelines.digits import (
     NUM_CLASSES,
     DigitClassifier,
     load_classifier,
     load_digit_images,
     load_pipeline,
 )
-
-MODELS = {"digits": DEFAULT_MODEL, "digits-no-dropout": NO_DROPOUT_MODEL}
+from ..spec import load
+from .metrics import class_diversity, frechet_distance, knn_precision_recall, saturation
 
 
 @dataclass
@@ -44,7 +40,7 @@ class Setting:
     spec: dict[str, Any]
     steps: int = 25
     eta: float = 0.0
-    model: str = "digits"  # a bundled model name (see MODELS) or a ClassConditionalPipeline folder
+    model: str = "digits"  # a bundled model name (see BUNDLED) or a ClassConditionalPipeline folder
     unconditional: bool = False  # sample the null class (accuracy is then undefined; diversity uses predicted classes)
     method: str = ""  # groups settings into one line of the metric-vs-scale plots (default: the rule's name)
 
@@ -137,7 +133,7 @@ def evaluate(settings: Sequence[Setting], samples: int = 500, seed: int = 0, bat
     for setting in settings:
         bar.set_postfix_str(setting.name)
         if setting.model not in pipelines:
-            pipelines[setting.model] = load_pipeline(MODELS.get(setting.model, setting.model))
+            pipelines[setting.model] = load_pipeline(BUNDLED.get(setting.model, setting.model))
         pipe = pipelines[setting.model]
         wanted = [pipe.null_class] * samples if setting.unconditional else labels
         images, stats, seconds = generate(pipe, setting, wanted, seed, batch, bar)

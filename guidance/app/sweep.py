@@ -23,9 +23,8 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from guidance.config import RunConfig, parse_value, set_path, validate
-from guidance.errors import GuidanceError
-
+from ..errors import GuidanceError
+from .config import RunConfig, parse_value, set_path, validate
 from .generate import Job, atomic_write, make, plan, prepare
 from .loading import load_model, set_scheduler
 from .report import slug

@@ -20,10 +20,10 @@ from PIL import Image, PngImagePlugin
 from tqdm.auto import tqdm
 
 import guidance
-from guidance.config import RunConfig, validate
-from guidance.errors import GuidanceError
 
-from .api import run
+from ..errors import GuidanceError
+from ..pipelines.api import run
+from .config import RunConfig, validate
 from .loading import load_model, set_scheduler
 
 CONFIG_KEY, ITEM_KEY, VERSIONS_KEY = "guidance:config", "guidance:item", "guidance:versions"
