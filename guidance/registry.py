@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import UnionType
 from typing import Any, Generic, Literal, TypeVar, Union, get_args, get_origin
 
@@ -40,22 +40,34 @@ def describe_fields(cls: type[Strategy]) -> str:
     return ", ".join(parts) or "none"
 
 
-def _explain(cls: type[Strategy], params: Mapping[str, Any], error: ValidationError) -> str:
-    problems = []
+def shorten(value: Any, limit: int = 80) -> str:
+    """repr(value), cut to `limit` characters: error messages echo bad input, never pages of it."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def explain(error: ValidationError, name: Callable[[tuple[str, ...]], str],
+            allowed: Callable[[tuple[str, ...]], list[str]]) -> list[str]:
+    """One sentence per problem of a pydantic ValidationError (the one reader of its structure in the project):
+    `name(path)` names a field, `allowed(path)` lists the keys allowed in the mapping at `path`. A validator's own
+    sentence is kept as it is; pydantic's generic ones get the (shortened) bad value."""
+    sentences = []
     for item in error.errors():
-        field = ".".join(str(p) for p in item["loc"])
-        message = str(item["ctx"]["error"]) if item["type"] == "value_error" and "ctx" in item else item["msg"]
+        path = tuple(str(p) for p in item["loc"])
         if item["type"] == "extra_forbidden":
-            hint = did_you_mean(field, list(cls.model_fields)).strip().rstrip("?")
-            hint = f" ({hint[0].lower()}{hint[1:]}?)" if hint else ""
-            problems.append(f"'{field}' is not a parameter of {cls.axis} '{cls.name}'{hint}")
-        elif not field:
-            problems.append(message)
+            keys = allowed(path[:-1])
+            sentences.append(f"{name(path)}: unknown key.{did_you_mean(path[-1], keys)} "
+                             f"Allowed here: {', '.join(keys)}.")
+            continue
+        own = item["type"] in ("value_error", "assertion_error") and "ctx" in item
+        reason = str(item["ctx"]["error"]) if own else item["msg"]
+        if not path:
+            sentences.append(reason)
+        elif own or item["type"] == "missing":
+            sentences.append(f"{name(path)}: {reason}")
         else:
-            problems.append(f"parameter '{field}' = {params.get(item['loc'][0], '(missing)')!r}: {message}")
-    return (
-        f"Invalid {cls.axis} '{cls.name}': " + "; ".join(problems) + f". Its parameters are: {describe_fields(cls)}."
-    )
+            sentences.append(f"{name(path)} = {shorten(item.get('input'))}: {reason}")
+    return [s if s.endswith(".") else s + "." for s in sentences]
 
 
 class Registry(Generic[S]):
@@ -110,4 +122,6 @@ class Registry(Generic[S]):
         try:
             return cls(**params)
         except ValidationError as error:
-            raise GuidanceError(_explain(cls, params, error)) from None
+            problems = explain(error, lambda path: f"parameter '{'.'.join(path)}'", lambda path: list(cls.model_fields))
+            raise GuidanceError(f"Invalid {cls.axis} '{cls.name}': {' '.join(problems)} Its parameters are: "
+                                f"{describe_fields(cls)}.") from None

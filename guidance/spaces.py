@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 
-PREDICTION_TYPES = ("epsilon", "v_prediction", "flow", "sample")
 _TINY = 1e-12
 
 

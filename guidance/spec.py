@@ -10,8 +10,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import GuidanceError
@@ -19,12 +17,12 @@ from .policies import POLICIES, Policy
 from .policies.always import Always
 from .references import REFERENCES, Reference
 from .references.uncond import Uncond
-from .registry import did_you_mean
+from .registry import explain
 from .rules import RULES, Rule
 from .rules.cfg import CFG
 from .schedules import SCHEDULES, Schedule
 from .schedules.base import AbsoluteSchedule
-from .schedules.constant import Constant
+from .yaml_file import read_yaml
 
 AXES = {"rule": RULES, "reference": REFERENCES, "schedule": SCHEDULES, "policy": POLICIES}
 
@@ -37,7 +35,7 @@ class Guidance(BaseModel):
     rule: Rule = Field(default_factory=CFG)
     scale: float | None = Field(None, validate_default=True, description="diffusers' w (λ for cfgpp); None: the rule's")
     reference: Reference = Field(default_factory=Uncond)
-    schedule: Schedule = Field(default_factory=Constant)
+    schedule: Schedule = Field(default_factory=lambda: SCHEDULES.build("constant"))
     policy: Policy = Field(default_factory=Always)
     rescale: float = Field(0.0, ge=0.0, le=1.0, strict=True, description="guidance rescale φ (Lin et al.)")
 
@@ -45,7 +43,8 @@ class Guidance(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as error:
-            raise GuidanceError(_message(error)) from None
+            problems = explain(error, lambda path: f"'{'.'.join(path)}'", lambda path: list(Guidance.model_fields))
+            raise GuidanceError(" ".join(problems)) from None
 
     @field_validator("rule", "reference", "schedule", "policy", mode="before")
     @classmethod
@@ -84,36 +83,9 @@ class Guidance(BaseModel):
                 + (f", rescale={self.rescale}" if self.rescale else ""))
 
 
-def rescale_guided(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.Tensor:
-    """Guidance rescale (Lin et al., arXiv 2305.08891, Eq. 15–16): match the std of the conditional output."""
-    dims = list(range(1, guided.ndim))
-    rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
-    return phi * rescaled + (1 - phi) * guided
-
-
-def _message(error: ValidationError) -> str:
-    problems = []
-    for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "guidance"
-        if item["type"] == "extra_forbidden":
-            hint = did_you_mean(where, list(Guidance.model_fields))
-            problems.append(f"'{where}' is not a guidance key.{hint} Allowed keys: {', '.join(Guidance.model_fields)}")
-        elif item["type"] in ("value_error", "assertion_error"):
-            problems.append(str(item["ctx"]["error"]) if "ctx" in item else item["msg"])
-        else:
-            problems.append(f"guidance.{where} = {item.get('input')!r}: {item['msg']}")
-    return " ".join(p if p.endswith(".") else p + "." for p in problems)
-
-
-def _read_run_config(path: Path) -> Mapping[str, Any]:
-    if not path.is_file():
-        raise GuidanceError(f"No guidance spec file at '{path}'. Pass an existing YAML run config (with a "
-                            "top-level `guidance:` section) or a mapping such as {'rule': 'apg', 'scale': 7.5}.")
-    try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise GuidanceError(f"'{path}' is not valid YAML ({str(error).splitlines()[0]}). Fix the syntax; "
-                            "`guidance validate FILE` points at the line.") from None
+def _guidance_section(path: Path) -> Mapping[str, Any]:
+    config = read_yaml(path, "guidance spec file", "Pass an existing YAML run config (with a top-level `guidance:` "
+                       "section) or a mapping such as {'rule': 'apg', 'scale': 7.5}.")
     if not isinstance(config, Mapping) or "guidance" not in config:
         raise GuidanceError(f"'{path}' has no top-level `guidance:` section. Add one, e.g.\n"
                             "guidance:\n  rule: apg\n  scale: 7.5")
@@ -129,7 +101,7 @@ def load(spec: Guidance | Mapping[str, Any] | str | Path | None = None) -> Guida
         spec = {}
     if isinstance(spec, str | Path):
         try:
-            return load(_read_run_config(Path(spec)))
+            return load(_guidance_section(Path(spec)))
         except GuidanceError as error:
             raise GuidanceError(f"In '{spec}': {error}") from None
     if not isinstance(spec, Mapping):

@@ -12,11 +12,13 @@ import torch
 class StepRecord:
     """One denoising step: t, σ (noise-to-signal), w_t, branches run and per-sample agreement of the branches.
 
-    w: the step's scale (λ_t for cfgpp), 1.0 where the step is conditional only (branches == ["cond"]);
-    branches: ("cond", "reference"), ("cond",), ("cond", "estimate") where LinearAG estimated the reference,
-    () for CFG-Zero*'s zero-init steps, which evaluate nothing.
+    w: the step's scheduled scale (λ_t for cfgpp), 1.0 where the schedule makes the step conditional only;
+    branches: ("cond", "reference"), ("cond",) (also where AG has switched every sample off), ("cond", "estimate")
+    where LinearAG estimated the reference, () for CFG-Zero*'s zero-init steps, which evaluate nothing.
 
-    cosine: cos(x̂0_c, x̂0_u) per guided sample; delta_norm: ‖x̂0_c − x̂0_u‖ per guided sample.
+    cosine: cos(x̂0_c, x̂0_u) per guided sample; delta_norm: ‖x̂0_c − x̂0_u‖ per guided sample;
+    latent_rms: the RMS of each sample's latents after the step (recorded by `session.callback`, so None for
+    pipelines without `callback_on_step_end`: DiT, PixArt).
     """
 
     run: int
@@ -27,15 +29,15 @@ class StepRecord:
     branches: tuple[str, ...]
     reference_rows: int
     denoiser_rows: int = 0
-    pipeline_step: int | None = None
     cosine: torch.Tensor | None = field(default=None, repr=False)
     delta_norm: torch.Tensor | None = field(default=None, repr=False)
+    latent_rms: torch.Tensor | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in ("run", "step", "pipeline_step", "t", "sigma", "w", "branches",
+        out = {k: getattr(self, k) for k in ("run", "step", "t", "sigma", "w", "branches",
                                                "reference_rows", "denoiser_rows")}
         out["branches"] = list(self.branches)
-        for key in ("cosine", "delta_norm"):
+        for key in ("cosine", "delta_norm", "latent_rms"):
             value = getattr(self, key)
             out[key] = None if value is None else value.detach().float().cpu().tolist()
         return out

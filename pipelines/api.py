@@ -100,6 +100,6 @@ def fit_linear_ag(pipe: Any, spec: Any, path: str | Path, *, guided_fraction: fl
         pipe(**kwargs)
     steps = policy._steps
     entries = fit(policy._trajectory, step_modes(len(steps), guided_fraction, real_every))
-    meta = {"fitted_on": {"guidance": base.to_spec(), "samples": session._runs[-1].batch,
+    meta = {"fitted_on": {"guidance": base.to_spec(), "samples": session._runs[-1].batch_size,
                           "guided_fraction": guided_fraction, "real_every": real_every}}
     return write(path, steps, entries, meta)

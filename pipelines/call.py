@@ -35,6 +35,19 @@ def _concat(parts: list[Any], skip: frozenset[str], batch: int, key: str = "") -
     return first
 
 
+def first_output(out: Any) -> torch.Tensor:
+    """The prediction tensor of a denoiser (or scheduler) output: a tuple's first item or an output's first field."""
+    return out[0] if isinstance(out, tuple) else next(iter(out.values()))
+
+
+def with_first_output(out: Any, tensor: torch.Tensor) -> Any:
+    """`out` with its prediction tensor replaced by `tensor` (same output type)."""
+    if isinstance(out, tuple):
+        return (tensor, *out[1:])
+    key = next(iter(out.keys()))
+    return type(out)(**{**out, key: tensor})
+
+
 class DenoiserCall:
     """The bound arguments of a denoiser forward; `batch` is the row count of the sample (first argument).
 

@@ -20,7 +20,6 @@ from .class_conditional import ClassConditionalPipeline
 NUM_CLASSES = 10
 SIZE = 16
 DEFAULT_MODEL = BUNDLED["digits"]
-NO_DROPOUT_MODEL = BUNDLED["digits-no-dropout"]
 CLASSIFIER = MODELS_FOLDER / "digit-classifier"
 
 

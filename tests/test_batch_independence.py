@@ -111,7 +111,7 @@ def pick_threshold(cosines: list[list[float]]) -> tuple[float, list[int | None]]
 
 
 def expected_reference_rows(switch: list[int | None]) -> list[int]:
-    """Convention 16: at step k the reference rows of the samples that have not switched before k run."""
+    """docs/CONVENTIONS.md §16: at step k the reference rows of the samples that have not switched before k run."""
     return [sum(1 for s in switch if s is None or s >= k) for k in range(N)]
 
 

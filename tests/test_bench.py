@@ -6,11 +6,13 @@ import pytest
 
 from guidance.app import bench
 from guidance.app.cli import main
+from guidance.pipelines.bundled import BUNDLED
 
 
-def test_saving_counts_rows_as_the_coefficient_file_plans_them():
+def test_saving_counts_rows_as_the_coefficient_file_plans_them(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the bundled coefficient files are found from any working directory
     rows = {r["setting"]: r for r in bench.saving(samples=20, progress=False)}
-    plan = json.loads(open("configs/evaluate/digits-linear-ag-25-every3.json").read())["steps"]
+    plan = json.loads((BUNDLED["digits"] / "linear-ag-25-every3.json").read_text())["steps"]
     real = sum(step["mode"] == "real" for step in plan)
     assert rows["cfg"]["rows_per_sample"] == 50  # 25 steps, two rows each
     assert rows["linear_ag (every 3rd guided step real)"]["rows_per_sample"] == 25 + real

@@ -40,15 +40,20 @@ SETTINGS = {
     "inverse_linear 3": {"scale": 3.0, "schedule": "inverse_linear"},
     "sine 3": {"scale": 3.0, "schedule": "sine"},
     "cfgpp 0.6": {"scale": 0.6, "rule": "cfgpp"},
+    "cfg 1": {"scale": 1.0},
+    "cfg 1.5": {"scale": 1.5},
     "cfg 2": {"scale": 2.0},
 }
+ICG_SCALES = (1.1, 1.2, 1.5, 2.0)
 
 
 @pytest.fixture(scope="module")
 def rows() -> dict[str, dict]:
     settings = [Setting(name, spec) for name, spec in SETTINGS.items()]
     settings.append(Setting("cfg matched to cfgpp 0.6", {"scale": cfgpp_mean_omega(0.6)}))
-    settings.append(Setting("icg twin 1.2", {"scale": 1.2, "reference": "icg"}, model="digits-no-dropout"))
+    settings.append(Setting("twin 1", {"scale": 1.0}, model="digits-no-dropout"))
+    settings += [Setting(f"icg twin {w}", {"scale": w, "reference": "icg"}, model="digits-no-dropout")
+                 for w in ICG_SCALES]
     results = evaluate(settings, samples=300, progress=False)
     return {row["setting"]: row for row in results}
 
@@ -85,9 +90,30 @@ def test_cfgpp_beats_cfg_at_matched_strength(rows) -> None:
     assert cfgpp["fd"] < 0.9 * cfg["fd"]
 
 
-def test_icg_on_the_no_dropout_twin_comes_close_to_cfg(rows) -> None:
-    """ICG needs no null condition: on the twin trained without label dropout it reaches CFG's accuracy and
-    Fréchet distance (at a lower nominal scale: with 10 classes a random class is a strong contrast)."""
-    icg, cfg = rows["icg twin 1.2"], rows["cfg 2"]
-    assert icg["accuracy"] >= cfg["accuracy"] - 0.01
-    assert icg["fd"] <= 1.25 * cfg["fd"]
+def cfg_fd_at_confidence(rows: dict[str, dict], confidence: float) -> float:
+    """CFG's Fréchet distance at a given classifier confidence, linear between the CFG settings w = 1, 1.5, 2, 3
+    (confidence rises with w)."""
+    curve = sorted((rows[f"cfg {w}"]["confidence"], rows[f"cfg {w}"]["fd"]) for w in ("1", "1.5", "2", "3"))
+    for (c0, fd0), (c1, fd1) in zip(curve, curve[1:], strict=False):
+        if c0 <= confidence <= c1:
+            return fd0 + (fd1 - fd0) * (confidence - c0) / (c1 - c0)
+    raise AssertionError(f"confidence {confidence} is outside CFG's range {curve[0][0]}–{curve[-1][0]}")
+
+
+def test_icg_on_the_no_dropout_twin_moves_along_cfgs_trade_off(rows) -> None:
+    """ICG needs no null condition. On the twin trained without label dropout, over w = 1 … 2, it does what CFG does
+    on the dropout model — classifier confidence up, recall down, FD up, monotonically — and for light guidance
+    (w = 1.1, 1.2, whose confidence CFG reaches near w = 1.5) its FD is within 10 % of CFG's at the same confidence.
+    Not claimed, because it does not hold here: at stronger guidance ICG over-guides faster than CFG (measured at
+    300 samples: FD 1.8× CFG's at w = 1.5 and 2.8× at w = 2 at matched confidence; with 10 classes a random class
+    is a sharper contrast than the paper's 1000 ImageNet classes). docs/STUDY.md has the numbers."""
+    sweep = [rows["twin 1"], *(rows[f"icg twin {w}"] for w in ICG_SCALES)]
+    for weaker, stronger in zip(sweep, sweep[1:], strict=False):
+        assert stronger["confidence"] > weaker["confidence"] - 1e-4
+        assert stronger["recall"] < weaker["recall"]
+        assert stronger["fd"] > weaker["fd"]
+    assert sweep[-1]["confidence"] > sweep[0]["confidence"] + 1e-3
+    for w in (1.1, 1.2):
+        icg = rows[f"icg twin {w}"]
+        assert icg["accuracy"] >= rows["cfg 1.5"]["accuracy"] - 0.01
+        assert icg["fd"] <= 1.1 * cfg_fd_at_confidence(rows, icg["confidence"])

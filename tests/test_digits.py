@@ -10,14 +10,16 @@ import torch
 import guidance
 from guidance.app.evaluate import Setting, evaluate
 from guidance.app.train_digits import train
+from guidance.pipelines.bundled import BUNDLED
 from guidance.pipelines.digits import (
     CLASSIFIER,
     DEFAULT_MODEL,
-    NO_DROPOUT_MODEL,
     load_classifier,
     load_digit_images,
     load_pipeline,
 )
+
+NO_DROPOUT_MODEL = BUNDLED["digits-no-dropout"]
 
 
 @pytest.fixture(scope="module")

@@ -70,3 +70,24 @@ def test_scale_one_is_conditional_only(family: str) -> None:
     got = output_tensor(guidance.run(pipe, {"scale": 1.0}, stats=stats, **kwargs))
     assert (got - expected).abs().max() <= 1e-5
     assert stats["denoiser_rows"] == 2 * 4
+
+
+@pytest.mark.parametrize("family", ["sd", "flux"])
+def test_callback_records_each_steps_latent_rms(family: str) -> None:
+    """session.callback (added by guidance.run after a user's own step-end callback) records the RMS of each sample's
+    latents after every step: the values a user's callback sees, computed by hand."""
+    pipe = tiny_pipeline(family)
+    seen: list[torch.Tensor] = []
+
+    def mine(pipeline, step, timestep, callback_kwargs):
+        seen.append(callback_kwargs["latents"].detach().clone())
+        return callback_kwargs
+
+    kwargs = strip_scales(tiny_call_kwargs(family, batch=2, seed=1))
+    stats: dict = {}
+    guidance.run(pipe, {"scale": 4.0}, stats=stats, callback_on_step_end=mine, **kwargs)
+    assert len(seen) == len(stats["steps"]) == 4
+    for latents, record in zip(seen, stats["steps"], strict=True):
+        by_hand = latents.flatten(1).pow(2).mean(1).sqrt()
+        assert torch.allclose(torch.tensor(record["latent_rms"]), by_hand, rtol=1e-5)
+    assert stats["steps"][0]["latent_rms"] != stats["steps"][-1]["latent_rms"]

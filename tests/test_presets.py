@@ -24,7 +24,7 @@ FAMILIES = {"stabilityai/stable-diffusion-xl-base-1.0": "sdxl", "stabilityai/sta
 
 def test_presets_cover_the_methods_and_families() -> None:
     names = {p.stem for p in PRESETS}
-    assert {"sdxl-apg", "sd21-apg", "dit-apg", "sd15-cfgpp", "sdxl-ag", "sdxl-apg-linear-ag", "dit-icg-tsg",
+    assert {"sdxl-apg", "sd21-apg", "dit-apg", "sd15-cfgpp", "sdxl-ag", "sdxl-apg-linear-schedule-ag", "dit-icg-tsg",
             "digits-cfg"} <= names
 
 

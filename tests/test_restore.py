@@ -1,6 +1,6 @@
-"""attach leaves no trace (conventions 8, 11, 19): after `with guidance.attach(pipe, spec)` the pipeline is exactly
-as before — same denoiser object and forward, same hooks, same scheduler with the same instance attributes —
-also when the pipeline call raises inside the block; a native run afterwards equals a native run before.
+"""attach leaves no trace (docs/CONVENTIONS.md §8, §11, §19): after `with guidance.attach(pipe, spec)` the
+pipeline is exactly as before — same denoiser object and forward, same hooks, same scheduler with the same instance
+attributes — also when the pipeline call raises inside the block; a native run afterwards equals a native run before.
 """
 
 from __future__ import annotations
@@ -199,7 +199,8 @@ def test_restore_after_exception_in_the_call(family):
 
 @pytest.mark.parametrize("family", ["sd", "sd3", "flux", "dit"])
 def test_foreign_instance_wrappers_are_put_back(family):
-    """Convention 19: wrappers someone else put on scheduler.step/set_timesteps and forward come back (identity)."""
+    """docs/CONVENTIONS.md §19: wrappers someone else put on scheduler.step/set_timesteps and forward come back
+    (identity)."""
     pipe = tiny_pipeline(family)
     reference = native(pipe, family)
     seen = put_wrappers(pipe)
@@ -247,7 +248,8 @@ def test_hooks_of_others_survive(row_counter):
 @pytest.mark.parametrize("reference", ["tsg", "icg"])
 @pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux", "pixart", "dit"])
 def test_second_call_in_one_session_repeats_the_first(family, reference):
-    """APG momentum and TSG's / ICG's generators reset at every pipeline call (conventions 8, 11, 13, 14)."""
+    """APG momentum and TSG's / ICG's generators reset at every pipeline call (docs/CONVENTIONS.md §8, §11, §13,
+    §14)."""
     pipe = tiny_pipeline(family)
     spec = {**SPEC, "reference": reference}
     with guidance.attach(pipe, spec) as session, torch.no_grad():

@@ -1,4 +1,5 @@
-"""Skipped work is real: the rows the session reports are the rows the denoiser evaluated (conventions 4, 5, 12, 16).
+"""Skipped work is real: the rows the session reports are the rows the denoiser evaluated (docs/CONVENTIONS.md §4,
+§5, §12, §16).
 
 Every count is checked three ways: the session's `denoiser_rows` (total and per step), a forward pre-hook on the
 denoiser's first layer (`row_counter`, independent of the library), and the count the spec implies by hand.
@@ -117,7 +118,7 @@ def test_scale_five_runs_both_branches(family, row_counter):
 
 
 def noise_to_signal(scheduler) -> list[float]:
-    """σ_i = s/a of each step of the scheduler's current run, by hand (convention 3)."""
+    """σ_i = s/a of each step of the scheduler's current run, by hand (docs/CONVENTIONS.md §3)."""
     n = len(scheduler.timesteps)
     name = type(scheduler).__name__
     if "FlowMatch" in name:
@@ -188,8 +189,8 @@ def separating_threshold(cosines: list[list[float]]) -> tuple[float, list[int | 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_adaptive_per_sample_rows(family, row_counter):
-    """Convention 16: after one sample switched, each step runs all conditional rows plus the reference rows of
-    the samples that have not switched. AG equals CFG up to a sample's switch step, so a CFG run's per-sample
+    """docs/CONVENTIONS.md §16: after one sample switched, each step runs all conditional rows plus the reference
+    rows of the samples that have not switched. AG equals CFG up to a sample's switch step, so a CFG run's per-sample
     cosines give every sample's switch step in advance."""
     _, cfg_stats, _ = guided_run(family, {"scale": 5.0}, row_counter)
     threshold, switch = separating_threshold([r["cosine"] for r in cfg_stats["steps"]])

@@ -1,4 +1,4 @@
-"""CFG weight schedules (ALGORITHMS.md "CFG weight schedules", conventions 1-4), checked against formulas written
+"""CFG weight schedules (docs/CONVENTIONS.md §1–4), checked against formulas written
 out here from the spec, first on bare StepTables, then end to end on the tiny SD pipeline (telemetry, rows evaluated
 and the latents of an independent hand-written DDIM loop)."""
 
@@ -26,7 +26,7 @@ PCS_KAPPAS = (0.5, 1.0, 2.0, 3.0)
 
 
 def g_shape(name: str, p: float, kappa: float = 2.0) -> float:
-    """The un-normalised shapes g(p) of the spec's table (ALGORITHMS.md, "CFG weight schedules")."""
+    """The un-normalised shapes g(p) of the spec's table (docs/CONVENTIONS.md §2, §3)."""
     if name == "constant":
         return 1.0
     if name == "linear":
@@ -50,12 +50,12 @@ SHAPES = ("constant", "linear", "inverse_linear", "cosine", "sine", "v_shape", "
 
 
 def progress(n: int) -> list[float]:
-    """Convention 1: p_i = i/(N − 1)."""
+    """docs/CONVENTIONS.md §1: p_i = i/(N − 1)."""
     return [i / (n - 1) for i in range(n)]
 
 
 def shape_factors(name: str, n: int, kappa: float = 2.0) -> list[float]:
-    """Convention 2: f_i = g(p_i)/mean_j g(p_j); all-zero g gives f = 0."""
+    """docs/CONVENTIONS.md §2: f_i = g(p_i)/mean_j g(p_j); all-zero g gives f = 0."""
     g = [g_shape(name, p, kappa) for p in progress(n)]
     total = sum(g)
     if total == 0:
@@ -64,18 +64,18 @@ def shape_factors(name: str, n: int, kappa: float = 2.0) -> list[float]:
 
 
 def shape_scales(name: str, w: float, n: int, kappa: float = 2.0) -> list[float]:
-    """Convention 2: w_i = 1 + (w − 1)·f_i."""
+    """docs/CONVENTIONS.md §2: w_i = 1 + (w − 1)·f_i."""
     return [1.0 + (w - 1.0) * f for f in shape_factors(name, n, kappa)]
 
 
 def clamp_scales(name: str, w: float, n: int, c: float) -> list[float]:
-    """Convention 3: w_i = 1 + max(c, (w − 1)·g(p_i)), g = 2p (clamp_linear) or 1 − cos πp (clamp_cosine)."""
+    """docs/CONVENTIONS.md §3: w_i = 1 + max(c, (w − 1)·g(p_i)), g = 2p (clamp_linear) or 1 − cos πp (clamp_cosine)."""
     ramp = (lambda p: 2.0 * p) if name == "clamp_linear" else (lambda p: 1.0 - math.cos(math.pi * p))
     return [1.0 + max(c, (w - 1.0) * ramp(p)) for p in progress(n)]
 
 
 def interval_scales(w: float, sigmas: list[float], lo: float, hi: float) -> list[float]:
-    """Convention 3: w_i = w when lo < σ_i ≤ hi, else 1."""
+    """docs/CONVENTIONS.md §3: w_i = w when lo < σ_i ≤ hi, else 1."""
     return [w if lo < s <= hi else 1.0 for s in sigmas]
 
 
@@ -141,7 +141,7 @@ def test_shape_schedules_have_mean_one(name, params, n):
 
 
 def test_all_zero_shape_gives_f_zero():
-    """lambda_shape over 2 steps: g = 0, 0 → f = 0 → conditional only at both steps (convention 2)."""
+    """lambda_shape over 2 steps: g = 0, 0 → f = 0 → conditional only at both steps (docs/CONVENTIONS.md §2)."""
     assert schedule("lambda_shape").scales(5.0, table(2)) == [1.0, 1.0]
     assert schedule("lambda_shape").factors(table(2)) == [0.0, 0.0]
 
@@ -238,7 +238,7 @@ def test_interval_is_not_renormalised(n):
 @pytest.mark.parametrize("n", (5, 8))
 @pytest.mark.parametrize("spec", ["linear", "v_shape", "lambda_shape", {"name": "clamp_linear", "c": 0.0}])
 def test_cfg_step_scales_none_exactly_where_w_is_one(spec, n):
-    """Convention 4: the rule reports a conditional-only step (None) exactly where w_i = 1."""
+    """docs/CONVENTIONS.md §4: the rule reports a conditional-only step (None) exactly where w_i = 1."""
     g = guidance.load({"scale": 5.0, "schedule": spec})
     name = spec if isinstance(spec, str) else spec["name"]
     expected = shape_scales(name, 5.0, n) if isinstance(spec, str) else clamp_scales(name, 5.0, n, 0.0)
@@ -354,7 +354,7 @@ def test_pipeline_interval_skips_outside_and_guides_inside(row_counter):
 
 @pytest.mark.parametrize("family", ("sd_euler", "sd3"))
 def test_pipeline_interval_sigma_euler_and_flow(family, row_counter):
-    """σ_i is the scheduler's σ for Euler and σ/(1 − σ) for flow matching (convention 3)."""
+    """σ_i is the scheduler's σ for Euler and σ/(1 − σ) for flow matching (docs/CONVENTIONS.md §3)."""
     pipe = set_scheduler(tiny_pipeline("sd"), "euler") if family == "sd_euler" else tiny_pipeline("sd3")
     kwargs = sd_kwargs() if family == "sd_euler" else strip_scales(tiny_call_kwargs("sd3", batch=BATCH,
                                                                                     num_inference_steps=STEPS))

@@ -422,7 +422,7 @@ def test_yaml_without_guidance_section(tmp_path, text):
 
 
 def test_yaml_guidance_error_names_the_file(tmp_path):
-    """DESIGN.md, "Configs and CLI": config errors name the file, the field path and the allowed values."""
+    """Config errors name the file, the field path and the allowed values."""
     path = write_config(tmp_path, "guidance:\n  rule: apgg\n")
     message = error_of(path)
     assert "apgg" in message and "'apg'" in message

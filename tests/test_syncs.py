@@ -7,7 +7,7 @@ runs of 4 and 8 steps, against native CFG on the same pipeline.
 
 import pytest
 
-from guidance.app.bench import NATIVE, VARIANTS, Bench, count_syncs
+from guidance.app.bench import NATIVE, VARIANTS, Bench, sync_sites
 
 STEPS = 4
 
@@ -18,7 +18,7 @@ def bench():
 
 
 def per_step_and_call(bench, label):
-    short, long = count_syncs(bench, label, STEPS), count_syncs(bench, label, 2 * STEPS)
+    short, long = len(sync_sites(bench, label, STEPS)), len(sync_sites(bench, label, 2 * STEPS))
     per_step = (long - short) / STEPS
     return per_step, short - STEPS * per_step
 

@@ -32,6 +32,7 @@ from diffusers import StableDiffusionPipeline
 from torch.overrides import TorchFunctionMode
 
 from ..pipelines.api import attach, run
+from ..pipelines.bundled import BUNDLED
 from ..pipelines.testing.tiny import sd15_like, tiny_call_kwargs, tiny_pipeline
 
 SCALE = 7.5
@@ -253,10 +254,6 @@ def sync_sites(bench: Bench, label: str, steps: int) -> list[str]:
     return sites
 
 
-def count_syncs(bench: Bench, label: str, steps: int) -> int:
-    return len(sync_sites(bench, label, steps))
-
-
 def sync_variants(bench: Bench, steps: int = 4, variants: list[str] | None = None) -> list[dict[str, Any]]:
     """Per call and per step (slope between `steps` and 2·`steps`) synchronisations of each variant and native, and
     the sites that differ from native's (count at 2·`steps`)."""
@@ -295,10 +292,10 @@ def numerics(bench: Bench, scales: tuple[float, ...] = (7.5, 100.0), variants: l
 SAVING_SETTINGS: dict[str, dict[str, Any]] = {
     "cfg": {},
     "adaptive (γ̄ = 0.99)": {"policy": {"name": "adaptive", "threshold": 0.99}},
-    "linear_ag (every 2nd guided step real)": {"policy": {"name": "linear_ag",
-                                                          "coefficients": "configs/evaluate/digits-linear-ag-25.json"}},
+    "linear_ag (every 2nd guided step real)": {
+        "policy": {"name": "linear_ag", "coefficients": str(BUNDLED["digits"] / "linear-ag-25.json")}},
     "linear_ag (every 3rd guided step real)": {
-        "policy": {"name": "linear_ag", "coefficients": "configs/evaluate/digits-linear-ag-25-every3.json"}},
+        "policy": {"name": "linear_ag", "coefficients": str(BUNDLED["digits"] / "linear-ag-25-every3.json")}},
     "interval (0.28, 5.42]": {"schedule": "interval"},
 }
 
@@ -334,15 +331,6 @@ def _version(package: str) -> str:
     from importlib.metadata import version
 
     return version(package)
-
-
-def markdown(rows: list[dict[str, Any]]) -> str:
-    """A markdown table of benchmark rows (ratios and shares to 3 digits)."""
-    keys = list(rows[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for row in rows:
-        lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":  # one memory measurement in a fresh process: NAME LABEL STEPS DTYPE

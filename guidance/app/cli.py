@@ -10,9 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..errors import GuidanceError
+from ..yaml_file import read_yaml
 
 EXAMPLE_SETTINGS = """\
 model: digits            # default model of every setting (digits, digits-no-dropout, or a folder)
@@ -35,14 +34,8 @@ def _scales(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 1,3,7.5, got {text!r}") from None
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise GuidanceError(f"No settings file at '{path}'. Pass an existing YAML file, for example:\n"
-                            f"{EXAMPLE_SETTINGS}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise GuidanceError(f"'{path}' is not valid YAML: {str(error).splitlines()[0]}.") from None
+def _read_settings(path: Path) -> dict[str, Any]:
+    data = read_yaml(path, "settings file", f"Pass an existing YAML file, for example:\n{EXAMPLE_SETTINGS}")
     if not isinstance(data, dict):
         raise GuidanceError(f"'{path}' must hold a mapping with `settings:` (or a `guidance:` section).")
     return data
@@ -79,12 +72,12 @@ def evaluation_settings(data: dict[str, Any], source: str, scales: list[float] |
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import Setting, evaluate
-    from .report import markdown_table
+    from .report import COLUMNS, markdown_table
 
     settings: list[Setting] = []
     samples = args.samples
     for path in args.config or []:
-        data = _read_yaml(path)
+        data = _read_settings(path)
         samples = samples or data.get("samples")
         settings += evaluation_settings(data, str(path), args.scales)
     if not settings:
@@ -92,7 +85,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.out is not None and args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
         raise GuidanceError(f"The output folder '{args.out}' is not empty. Choose another --out or pass --overwrite.")
     rows = evaluate(settings, samples=samples or 500, seed=args.seed, out=args.out, progress=not args.no_progress)
-    print(markdown_table(rows), end="")
+    print(markdown_table(rows, COLUMNS), end="")
     if args.out is not None:
         print(f"\nWrote {args.out}/results.md, results.csv, grids/ and plots/.")
     return 0
@@ -103,7 +96,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from ..spec import AXES
 
     for axis, registry in AXES.items():
-        print(f"{axis}s:")
+        print(f"{axis[:-1] + 'ies' if axis.endswith('y') else axis + 's'}:")
         for cls in registry.classes():
             print(f"  {cls.name:<16} {cls.summary}")
             print(f"  {'':<16} parameters: {describe_fields(cls)}")
@@ -169,13 +162,13 @@ def cmd_fit_linear_ag(args: argparse.Namespace) -> int:
     from ..pipelines.api import fit_linear_ag
     from .config import validate
     from .generate import call_kwargs
-    from .loading import load_model, set_scheduler
+    from .loading import load_model
 
     data, source = _run_config(args)
     config = validate(data, source)
     if args.out.exists() and not args.overwrite:
         raise GuidanceError(f"'{args.out}' exists. Pass --overwrite or choose another --out.")
-    pipe = set_scheduler(load_model(config.model), config.sampler.scheduler)
+    pipe = load_model(config.model, config.sampler.scheduler)
     kwargs = call_kwargs(pipe, config, config.items(), config.sampler.seed)
     path = fit_linear_ag(pipe, config.guidance, args.out, guided_fraction=args.guided_fraction,
                          real_every=args.real_every, **{**kwargs, "output_type": "latent"})
@@ -190,6 +183,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
     from . import bench
+    from .report import markdown_table
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise GuidanceError(f"--device {args.device}: no CUDA device is visible. Use --device cpu.")
@@ -228,7 +222,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             rows = bench.sync_variants(runner, args.steps, args.variants)
         else:
             rows = bench.numerics(runner, variants=args.variants)
-    print(bench.markdown(rows), end="")
+    print(markdown_table(rows), end="")
     if args.json is not None:
         args.json.write_text(json.dumps({"command": shlex.join(["guidance", *args.argv]), "machine":
                                          bench.machine(args.device), "rows": rows}, indent=1))

@@ -15,8 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serial
 
 from ..errors import GuidanceError
 from ..pipelines.schedulers import SCHEDULERS
-from ..registry import did_you_mean
+from ..registry import explain
 from ..spec import Guidance, load
+from ..yaml_file import read_yaml
 
 
 class Section(BaseModel):
@@ -100,22 +101,6 @@ def _fields(cls: type[BaseModel], path: tuple[str, ...]) -> list[str]:
     return list(cls.model_fields)
 
 
-def _explain(error: ValidationError, source: str, data: Any) -> list[str]:
-    lines = []
-    for item in error.errors():
-        loc = tuple(str(p) for p in item["loc"])
-        where = ".".join(loc) or "(top level)"
-        if item["type"] == "extra_forbidden":
-            allowed = _fields(RunConfig, loc[:-1])
-            lines.append(f"{source}: {where}: unknown key.{did_you_mean(loc[-1], allowed)} "
-                         f"Allowed here: {', '.join(allowed)}.")
-            continue
-        message = str(item["ctx"]["error"]) if item["type"] == "value_error" and "ctx" in item else item["msg"]
-        shown = "" if item["type"] == "missing" or not loc else f" = {item.get('input')!r}"
-        lines.append(f"{source}: {where}{shown}: {message}")
-    return lines
-
-
 def validate(data: Any, source: str = "<config>") -> RunConfig:
     """A RunConfig from a mapping; GuidanceError listing every problem (one per line) otherwise."""
     if data is None:
@@ -126,22 +111,16 @@ def validate(data: Any, source: str = "<config>") -> RunConfig:
     try:
         return RunConfig.model_validate(dict(data))
     except ValidationError as error:
-        raise GuidanceError("\n".join(_explain(error, source, data))) from None
+        problems = explain(error, lambda path: f"{source}: {'.'.join(path) or '(top level)'}",
+                           lambda path: _fields(RunConfig, path))
+        raise GuidanceError("\n".join(problems)) from None
     except GuidanceError as error:
         raise GuidanceError(f"{source}: guidance: {error}") from None
 
 
 def read(path: str | Path) -> dict[str, Any]:
     """The raw mapping of a YAML config file (safe loading), or a GuidanceError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise GuidanceError(f"No config file at '{path}'. Check the path, or start from a preset in configs/.")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise GuidanceError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
-    except UnicodeDecodeError:
-        raise GuidanceError(f"{path}: not a text file; a config is YAML.") from None
+    data = read_yaml(path, "config file", "Check the path, or start from a preset in configs/.")
     if data is not None and not isinstance(data, dict):
         raise GuidanceError(f"{path}: a run config is a mapping (model:, sampler:, guidance:, ...), "
                             f"not a {type(data).__name__}.")

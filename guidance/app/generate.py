@@ -24,7 +24,7 @@ import guidance
 from ..errors import GuidanceError
 from ..pipelines.api import run
 from .config import RunConfig, validate
-from .loading import load_model, set_scheduler
+from .loading import load_model
 
 CONFIG_KEY, ITEM_KEY, VERSIONS_KEY = "guidance:config", "guidance:item", "guidance:versions"
 
@@ -170,7 +170,7 @@ def generate(config: RunConfig, out_dir: Path | None = None, overwrite: bool = F
     out_dir = Path(out_dir if out_dir is not None else config.output.dir)
     todo = prepare(out_dir, plan(config, out_dir, only), overwrite, resume, config)
     if pipe is None and todo:
-        pipe = set_scheduler(load_model(config.model), config.sampler.scheduler)
+        pipe = load_model(config.model, config.sampler.scheduler)
     return [path for job in tqdm(todo, desc="generate", unit="call", disable=not progress)
             for path in make(pipe, config, job)]
 

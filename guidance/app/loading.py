@@ -19,7 +19,6 @@ from ..pipelines.digits import load_pipeline
 from ..pipelines.schedulers import set_scheduler
 from .config import ModelSection
 
-__all__ = ["device_of", "load_model", "set_scheduler"]
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -31,8 +30,9 @@ def device_of(name: str) -> str:
     return name
 
 
-def load_model(section: ModelSection) -> Any:
-    """The pipeline of `section`, on its device and dtype, checked to be a supported family."""
+def load_model(section: ModelSection, scheduler: str = "default") -> Any:
+    """The pipeline of `section`, on its device and dtype, checked to be a supported family, with the scheduler
+    `scheduler` (a run config's `sampler.scheduler`; "default" keeps the pipeline's own)."""
     dtype = DTYPES[section.dtype]
     path = BUNDLED.get(section.path, Path(section.path))
     try:
@@ -62,4 +62,4 @@ def load_model(section: ModelSection) -> Any:
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device_of(section.device))
-    return pipe if pipe.dtype == dtype else pipe.to(dtype=dtype)
+    return set_scheduler(pipe if pipe.dtype == dtype else pipe.to(dtype=dtype), scheduler)

@@ -28,7 +28,9 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = COLUMNS) -> str:
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A markdown table of `rows` (columns: the first row's keys unless given); numbers to 4 significant digits."""
+    columns = list(rows[0]) if columns is None else columns
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
@@ -114,7 +116,7 @@ def write_report(out: Path, rows: list[dict[str, Any]], telemetry: dict[str, lis
     write_csv(out / "results.csv", rows)
     floor = {"setting": "real digits (train subset vs held-out)", "fd": reference.floor,
              "precision": reference.floor_precision, "recall": reference.floor_recall}
-    (out / "results.md").write_text(markdown_table([*rows, floor]))
+    (out / "results.md").write_text(markdown_table([*rows, floor], COLUMNS))
     for name, samples in grids.items():
         image_grid(samples, labels).save(out / "grids" / f"{slug(name)}.png")
     plot_metrics(out / "plots" / "metrics.png", rows)

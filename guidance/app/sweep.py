@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..errors import GuidanceError
 from .config import RunConfig, parse_value, set_path, validate
 from .generate import Job, atomic_write, make, plan, prepare
-from .loading import load_model, set_scheduler
+from .loading import load_model
 from .report import slug
 
 T = TypeVar("T")
@@ -163,7 +163,7 @@ def _pipeline(cache: dict[str, Any], config: RunConfig, state: Any) -> Any:
         section = section.model_copy(update={"device": str(state.device)})
     key = json.dumps(section.model_dump(), sort_keys=True) + config.sampler.scheduler
     if key not in cache:
-        cache[key] = set_scheduler(load_model(section), config.sampler.scheduler)
+        cache[key] = load_model(section, config.sampler.scheduler)
     return cache[key]
 
 

@@ -7,6 +7,7 @@ computed. The paper states the cosine on the network outputs; this project compu
 scheduler's own estimate), because an ε-cosine is ≈ 1 from the first step (ε_c ≈ ε_u at high noise) and would
 switch guidance off at once. Deciding costs one host–device synchronisation per guided step until every
 sample has switched. The paper sweeps γ̄ ∈ {0.991, 0.994, 0.996}; the default 0.99 is a little earlier.
+Conventions: docs/CONVENTIONS.md §5, §16.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ trajectory, with per-step scalar coefficients fitted by ordinary least squares o
 or estimated). As in the paper, the first part of the run alternates evaluated and estimated references and
 the rest is conditional only (the AG regime). The pattern and the coefficients live in a JSON file written by
 `guidance.fit_linear_ag` for one model, scheduler and step count; loading it for another refuses.
+Conventions: docs/CONVENTIONS.md §18.
 """
 
 from __future__ import annotations

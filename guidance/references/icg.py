@@ -6,7 +6,7 @@ Models", ICLR 2025 (arXiv 2407.02687), §4 and Algorithm 1: D̂ = D(x_t, t, ŷ) 
 class), `prompt` (the embedding of a random prompt from a built-in list, encoded by the pipeline's own text
 encoder) or `gaussian` (noise with the per-sample mean and std of the real condition embedding, over all
 non-batch dims). Default: `class` for class-conditional models, `gaussian` for text models. Works on models
-trained without condition dropout.
+trained without condition dropout (docs/CONVENTIONS.md §13).
 """
 
 from __future__ import annotations

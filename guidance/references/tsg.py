@@ -7,6 +7,7 @@ n is drawn afresh at every step. Only the time embedding of the reference rows c
 class embeddings added to it stay untouched. Works for unconditional models.
 Defaults s = 1, α = 1: the paper chooses s and α to match the scale of the model's time embedding and
 ablates them per model rather than fixing one value; tune them for yours.
+Conventions: docs/CONVENTIONS.md §14.
 """
 
 from __future__ import annotations

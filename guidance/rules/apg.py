@@ -6,7 +6,7 @@ Models", ICLR 2025 (arXiv 2410.02416), Algorithm 1 / Eqs. 8–13, per sample on 
   Δ∥ = ⟨Δ, ĉ⟩·ĉ with ĉ = D_c/‖D_c‖, Δ⊥ = Δ − Δ∥;  D̂ = D_c + (w − 1)·(Δ⊥ + η·Δ∥).
 η = 1, r = ∞, β = 0 is CFG at w. Defaults are the paper's SD-XL setting (η = 0, r = 15, β = −0.5); r
 depends on the data scale, so tune it per model (the presets do). The momentum buffer advances once per
-guided denoiser evaluation and resets at the start of every pipeline call.
+guided denoiser evaluation and resets at the start of every pipeline call (docs/CONVENTIONS.md §8).
 """
 
 from __future__ import annotations

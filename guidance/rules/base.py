@@ -44,7 +44,7 @@ class Rule(Strategy):
             )
 
     def step_scales(self, scale: float, schedule: Schedule, steps: StepTable) -> list[float | None]:
-        """The scale of every step; None where the step is conditional only (w = 1, convention 4)."""
+        """The scale of every step; None where the step is conditional only (w = 1, docs/CONVENTIONS.md §4)."""
         return [None if w == 1.0 else w for w in schedule.scales(scale, steps)]
 
     def reset(self) -> None:

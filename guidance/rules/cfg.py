@@ -2,7 +2,7 @@
 
 Ho & Salimans, "Classifier-Free Diffusion Guidance", NeurIPS 2021 workshop (arXiv 2207.12598), Eq. 6,
 written in diffusers' convention (w = 1 is conditional only). The optional `rescale` of the guidance spec
-(Lin et al., arXiv 2305.08891, §3.4) applies to every rule and lives in the composition.
+(Lin et al., arXiv 2305.08891, §3.4) applies to every rule, in guidance/step.py.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Fan et al., "CFG-Zero*: Improved Classifier-Free Guidance for Flow Matching Mode
 (arXiv 2503.18886), Eq. 7 and Algorithm 1, on the denoiser's raw output (velocity for flow models):
   s* = ⟨v_c, v_u⟩/(‖v_u‖² + 1e-8) per sample;  v̂ = s*·v_u + w·(v_c − s*·v_u);
 the first `zero_init_steps` steps output 0 (the paper suggests ~4 % of the steps; its reference code
-zeroes the first step). Zero-init steps evaluate no denoiser rows.
+zeroes the first step). Zero-init steps evaluate no denoiser rows (docs/CONVENTIONS.md §6).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ estimate x̂0_λ = x̂0_u + λ·(x̂0_c − x̂0_u) but renoises with the UNCOND
 The scale is λ ∈ [0, 1] (the paper's examples use 0.6). The denoiser returns u + λ·(c − u); the sampler
 correction (guidance/samplers) turns the scheduler's step into the CFG++ step. A schedule multiplies λ by
 its factor f_i (mean λ over the run; an increasing ramp may exceed 1 late in the run;
-interval: λ inside, conditional-only steps outside).
+interval: λ inside, conditional-only steps outside; docs/CONVENTIONS.md §9).
 """
 
 from __future__ import annotations

@@ -30,17 +30,13 @@ class SamplerCorrection:
 
     def correct(self, scheduler: Any, index: int, steps: StepTable, sample: torch.Tensor,
                 prev_sample: torch.Tensor, u: torch.Tensor, g: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
-        """The CFG++ next state, given the scheduler's CFG next state `prev_sample` computed from g."""
+        """The CFG++ next state of the B samples, given the scheduler's CFG next state `prev_sample` computed from g
+        (`sample`, `prev_sample`, the reference prediction `u` and the guided prediction `g`: B rows each)."""
         raise NotImplementedError
 
 
 def refuse(scheduler: Any, setting: str, fix: str) -> GuidanceError:
     return GuidanceError(f"CFG++ on {type(scheduler).__name__} does not support {setting}. {fix}")
-
-
-def tile(x: torch.Tensor, rows: int) -> torch.Tensor:
-    """Repeat a B-row tensor to `rows` rows (DiT steps its doubled batch through the scheduler)."""
-    return x if x.shape[0] == rows else x.repeat(rows // x.shape[0], *([1] * (x.ndim - 1)))
 
 
 class SingleStepCorrection(SamplerCorrection):
@@ -55,5 +51,4 @@ class SingleStepCorrection(SamplerCorrection):
         coefficient = self.next_noise(scheduler, index, steps, kwargs) * gain
         if coefficient == 0.0:
             return prev_sample
-        shift = coefficient * (u.float() - g.float())
-        return (prev_sample.float() + tile(shift, prev_sample.shape[0])).to(prev_sample.dtype)
+        return (prev_sample.float() + coefficient * (u.float() - g.float())).to(prev_sample.dtype)

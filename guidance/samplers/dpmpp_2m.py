@@ -4,6 +4,7 @@ with λ = −log σ (VE σ), h = λ_{i+1} − λ_i, r0 = h_{i−1}/h:
 The multistep history holds the previous step's x̂0_u and resets every call; the first and the final step are
 first order; the final step (σ = 0) returns x̂0_λ. The correction coefficient is the one that reduces to
 diffusers' DPM++ 2M (midpoint) when the two predictions are equal.
+Conventions: docs/CONVENTIONS.md §15.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 from ..plan import StepTable
 from ..spaces import to_x0
-from .base import SamplerCorrection, refuse, tile
+from .base import SamplerCorrection, refuse
 
 
 class DPMPP2MCorrection(SamplerCorrection):
@@ -41,13 +42,12 @@ class DPMPP2MCorrection(SamplerCorrection):
                 prev_sample: torch.Tensor, u: torch.Tensor, g: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
         sigma, sigma_next = float(scheduler.sigmas[index]), float(scheduler.sigmas[index + 1])
         a, s = steps.a[index], steps.s[index]
-        rows = u.shape[0]
-        x = sample[:rows].float()
+        x = sample.float()
         x0_g = to_x0(g, x, a, s, steps.prediction_type)
         x0_u = to_x0(u, x, a, s, steps.prediction_type)
         previous, self._previous_x0_u = self._previous_x0_u, x0_u
         if sigma_next == 0.0:
-            return tile(x0_g, prev_sample.shape[0]).to(prev_sample.dtype)
+            return x0_g.to(prev_sample.dtype)
         decay = sigma_next / sigma  # e^{−h}
         alpha_next = 1.0 / math.sqrt(1.0 + sigma_next**2)
         update = x0_g + decay * (x / a - x0_u)
@@ -55,4 +55,4 @@ class DPMPP2MCorrection(SamplerCorrection):
             h = math.log(sigma / sigma_next)
             r0 = math.log(float(scheduler.sigmas[index - 1]) / sigma) / h
             update = update + (1.0 - decay) / (2.0 * r0) * (x0_g - previous)
-        return tile(alpha_next * update, prev_sample.shape[0]).to(prev_sample.dtype)
+        return (alpha_next * update).to(prev_sample.dtype)

@@ -2,21 +2,13 @@
 
 from ..registry import Registry
 from .base import Schedule
-from .clamp_cosine import ClampCosine
-from .clamp_linear import ClampLinear
-from .constant import Constant
-from .cosine import Cosine
+from .clamps import CLAMP_SCHEDULES
 from .interval import Interval
-from .inverse_linear import InverseLinear
-from .lambda_shape import LambdaShape
-from .linear import Linear
 from .pcs import PCS
-from .sine import Sine
-from .v_shape import VShape
+from .shapes import SHAPE_SCHEDULES
 
 SCHEDULES: Registry[Schedule] = Registry("schedule")
-for _cls in (Constant, Linear, InverseLinear, Cosine, Sine, VShape, LambdaShape, ClampLinear, ClampCosine, PCS,
-             Interval):
+for _cls in (*SHAPE_SCHEDULES, *CLAMP_SCHEDULES, PCS, Interval):
     SCHEDULES.register(_cls)
 
 __all__ = ["SCHEDULES", "Schedule"]

@@ -7,6 +7,8 @@ from ..errors import GuidanceError
 from ..plan import StepTable
 from ..strategy import Strategy
 
+PAPER = "Wang et al., TMLR 2024 (arXiv 2404.13040)"
+
 
 class Schedule(Strategy):
     """Maps the base scale w to a scale per step."""
@@ -21,7 +23,7 @@ class Schedule(Strategy):
 
 
 class ShapeSchedule(Schedule):
-    """A schedule given by a shape g(p), normalised to mean 1 over the run (convention 2)."""
+    """A schedule given by a shape g(p), normalised to mean 1 over the run (docs/CONVENTIONS.md §2)."""
 
     def shape(self, p: float) -> float:
         raise NotImplementedError

@@ -11,14 +11,14 @@ import math
 
 from pydantic import Field
 
-from .base import ShapeSchedule
+from .base import PAPER, ShapeSchedule
 
 
 class PCS(ShapeSchedule):
     """Parameterised cosine: larger κ keeps guidance low for longer, then ramps up late."""
 
     name = "pcs"
-    paper = "Wang et al., TMLR 2024 (arXiv 2404.13040)"
+    paper = PAPER
     summary = "f(p) ∝ (1 − cos(π·p^κ))/2"
 
     kappa: float = Field(2.0, gt=0, allow_inf_nan=False)

@@ -1,8 +1,12 @@
-"""Per-family knowledge the session needs: batch layout, condition fields, time embedding, how to run."""
+"""Per-family knowledge the session needs: condition fields, time embedding, prediction channels, how to run.
+
+How a family presents the CFG branches to its denoiser within one step (one doubled batch, or separate calls) is
+its call protocol: `DoubledBatchAdapter` (adapters/doubled.py) or `SeparateCallsAdapter` (adapters/separate.py).
+"""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
@@ -11,6 +15,9 @@ from torch import nn
 from guidance.errors import GuidanceError
 
 from ..call import DenoiserCall, Path
+
+if TYPE_CHECKING:
+    from ..session import Run, Session
 
 # Prompts for ICG's `prompt` source: generic, mutually unrelated captions.
 RANDOM_PROMPTS = (
@@ -26,10 +33,8 @@ RANDOM_PROMPTS = (
 class Adapter:
     """How guidance plugs into one pipeline family."""
 
-    family: ClassVar[str]
     denoiser_attr: ClassVar[str] = "unet"
-    cond_first: ClassVar[bool] = False
-    separate_calls: ClassVar[bool] = False
+    calls_per_step: ClassVar[int] = 1  # denoiser calls of a step that carry the guidance branches
     embedding_fields: ClassVar[tuple[Path, ...]] = (("encoder_hidden_states",),)
     class_field: ClassVar[Path | None] = None
     skip_keys: ClassVar[frozenset[str]] = frozenset()
@@ -43,12 +48,24 @@ class Adapter:
     def denoiser(self) -> nn.Module:
         return getattr(self.pipe, self.denoiser_attr)
 
-    @property
-    def condition_kind(self) -> str:
-        return "text"
+    # ---------------------------------------------------------------- the call protocol
 
-    def num_classes(self, pipe: Any) -> int | None:
-        return None
+    def batch_size(self, call: DenoiserCall) -> int:
+        """The number of samples in the pipeline's batch, from the first denoiser call of a run."""
+        raise NotImplementedError
+
+    def guide_call(self, session: Session, call: DenoiserCall) -> Any:
+        """Answer one of the step's first `calls_per_step` denoiser calls with the guided output."""
+        raise NotImplementedError
+
+    def end_step(self, run: Run) -> None:
+        """Called after the scheduler's step: raise if the step's calls did not complete the protocol."""
+
+    def scheduler_batch(self, latents: torch.Tensor, rows: int) -> torch.Tensor:
+        """The B-sample latents as the `rows`-row batch the pipeline steps through its scheduler."""
+        return latents
+
+    # ---------------------------------------------------------------- outputs
 
     def prediction_channels(self) -> int | None:
         """Output channels holding the prediction when the denoiser also predicts a variance, else None."""
@@ -56,33 +73,36 @@ class Adapter:
         out, inp = config.get("out_channels"), config.get("in_channels")
         return inp if out is not None and inp is not None and out == 2 * inp else None
 
-    def time_embedders(self) -> list[nn.Module]:
-        raise NotImplementedError
+    def prediction(self, out: torch.Tensor) -> torch.Tensor:
+        """The prediction channels of a raw output (a learned variance is not guided)."""
+        channels = self.prediction_channels()
+        return out[:, :channels] if channels else out
+
+    def with_prediction(self, out: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+        """A raw output `out` with its prediction channels replaced by `prediction`."""
+        channels = self.prediction_channels()
+        return torch.cat([prediction, out[:, channels:]], dim=1) if channels else prediction
+
+    def zero_output(self, sample: torch.Tensor) -> torch.Tensor:
+        """A zero output for `sample` (both halves of a learned-variance output)."""
+        zero = torch.zeros_like(sample)
+        return torch.cat([zero, zero], dim=1) if self.prediction_channels() else zero
 
     @property
     def output_class(self) -> type:
         return Transformer2DModelOutput
 
-    def zero_output(self, sample: torch.Tensor) -> torch.Tensor:
-        """A zero prediction for `sample` (both halves of a learned-sigma output)."""
-        zero = torch.zeros_like(sample)
-        return torch.cat([zero, zero], dim=1) if self.prediction_channels() else zero
+    # ---------------------------------------------------------------- conditions
 
-    def check_doubled(self, call: DenoiserCall) -> None:
-        """Raise unless the call is the pipeline's doubled CFG batch."""
-        flag = getattr(self.pipe, "do_classifier_free_guidance", None)
-        if flag is False or call.batch % 2:
-            raise GuidanceError(
-                f"The {type(self.pipe).__name__} call is not running classifier-free guidance, so there is no "
-                "reference batch to guide with. With guidance.attach pass guidance_scale > 1 (any value: the "
-                "guidance spec sets the strength), or use guidance.run, which does it for you."
-            )
+    @property
+    def condition_kind(self) -> str:
+        return "text"
 
-    def cond_rows(self, batch: int) -> slice:
-        return slice(0, batch) if self.cond_first else slice(batch, 2 * batch)
+    def num_classes(self, pipe: Any) -> int | None:
+        return None
 
-    def reference_rows(self, batch: int) -> slice:
-        return slice(batch, 2 * batch) if self.cond_first else slice(0, batch)
+    def time_embedders(self) -> list[nn.Module]:
+        raise NotImplementedError
 
     def run_kwargs(self, kwargs: dict[str, Any], needs_pipeline_reference: bool) -> dict[str, Any]:
         """The pipeline call arguments for guidance.run: CFG batching switched on."""

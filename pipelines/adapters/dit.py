@@ -2,23 +2,24 @@
 
 Every block has its own timestep embedder (`transformer_blocks[i].norm1.emb.timestep_embedder`, block 0's also
 feeds the final layer): TSG perturbs all of them with the same noise. Only the first half of the output
-channels is the prediction (learned sigma).
+channels is the prediction (learned sigma). The pipeline steps its doubled batch through the scheduler and keeps
+the first half, so a CFG++ step is made on B rows and repeated to 2B.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from guidance.errors import GuidanceError
 
 from ..call import DenoiserCall
-from .base import Adapter
+from .doubled import DoubledBatchAdapter
 
 
-class DiTAdapter(Adapter):
-    family = "dit"
+class DiTAdapter(DoubledBatchAdapter):
     denoiser_attr = "transformer"
     cond_first = True
     embedding_fields = ()
@@ -40,3 +41,6 @@ class DiTAdapter(Adapter):
         if call.batch % 2 or labels is None or not bool((labels[call.batch // 2:] == null).all()):
             raise GuidanceError("The DiTPipeline call is not running classifier-free guidance. With guidance.attach "
                                 "pass guidance_scale > 1, or use guidance.run, which does it for you.")
+
+    def scheduler_batch(self, latents: torch.Tensor, rows: int) -> torch.Tensor:
+        return latents.repeat(rows // latents.shape[0], *([1] * (latents.ndim - 1)))

@@ -1,9 +1,7 @@
-"""Flux: true CFG runs the conditional and the negative prompt as two separate transformer calls per step.
-
-The session evaluates the conditional call, waits for the negative call (reference `uncond`), and writes the
-guided prediction into both outputs so the pipeline's own `neg + s·(cond − neg)` yields it exactly. ICG and TSG
-build their reference rows from the conditional call itself, so they need no negative prompt. Flux's
-`guidance_scale` stays the distilled-guidance input; `true_cfg_scale` is switched on by guidance.run.
+"""Flux: true CFG runs the conditional and the negative prompt as two separate transformer calls per step (the
+separate-calls protocol, adapters/separate.py). ICG and TSG build their reference rows from the conditional call
+itself, so they need no negative prompt. Flux's `guidance_scale` stays the distilled-guidance input;
+`true_cfg_scale` is switched on by guidance.run (docs/CONVENTIONS.md §17).
 """
 
 from __future__ import annotations
@@ -15,23 +13,17 @@ from torch import nn
 
 from guidance.errors import GuidanceError
 
-from ..call import DenoiserCall
-from .base import Adapter
+from .separate import SeparateCallsAdapter
 
 
-class FluxAdapter(Adapter):
-    family = "flux"
+class FluxAdapter(SeparateCallsAdapter):
     denoiser_attr = "transformer"
-    separate_calls = True
     embedding_fields = (("encoder_hidden_states",), ("pooled_projections",))
     skip_keys = frozenset({"img_ids", "txt_ids"})
     timestep_scale = 1000.0
 
     def time_embedders(self) -> list[nn.Module]:
         return [self.denoiser.time_text_embed.timestep_embedder]
-
-    def check_doubled(self, call: DenoiserCall) -> None:
-        """Flux never doubles its batch."""
 
     def run_kwargs(self, kwargs: dict[str, Any], needs_pipeline_reference: bool) -> dict[str, Any]:
         if "true_cfg_scale" in kwargs:

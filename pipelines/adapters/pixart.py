@@ -9,11 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Adapter
+from .doubled import DoubledBatchAdapter
 
 
-class PixArtAdapter(Adapter):
-    family = "pixart"
+class PixArtAdapter(DoubledBatchAdapter):
     denoiser_attr = "transformer"
 
     def time_embedders(self) -> list[nn.Module]:

@@ -8,11 +8,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Adapter
+from .doubled import DoubledBatchAdapter
 
 
-class SD3Adapter(Adapter):
-    family = "sd3"
+class SD3Adapter(DoubledBatchAdapter):
     denoiser_attr = "transformer"
     embedding_fields = (("encoder_hidden_states",), ("pooled_projections",))
 

@@ -15,13 +15,12 @@ from torch import nn
 
 from guidance.errors import GuidanceError
 
-from .base import Adapter
+from .doubled import DoubledBatchAdapter
 
 
-class UNetAdapter(Adapter):
+class UNetAdapter(DoubledBatchAdapter):
     """Any pipeline whose `unet` sees the doubled [uncond; cond] batch."""
 
-    family = "unet"
     class_field = ("class_labels",)
 
     @property
@@ -54,7 +53,6 @@ class UNetAdapter(Adapter):
 class ClassConditionalAdapter(UNetAdapter):
     """guidance.pipelines.ClassConditionalPipeline: the digits UNet or the analytic mixture."""
 
-    family = "class_conditional"
 
     @property
     def condition_kind(self) -> str:
@@ -70,7 +68,6 @@ class ClassConditionalAdapter(UNetAdapter):
 class SDXLAdapter(UNetAdapter):
     """SDXL: the pooled text embedding in added_cond_kwargs is part of the condition."""
 
-    family = "sdxl"
     embedding_fields = (("encoder_hidden_states",), ("added_cond_kwargs", "text_embeds"))
 
     def encode_prompts(self, prompts: list[str], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

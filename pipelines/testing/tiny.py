@@ -67,6 +67,17 @@ _SD_SCHEDULER_CONFIG: dict[str, Any] = {
 }
 
 
+# The UNet settings SD and SDXL share: two levels of widths 16 and 32 over the 8 x 8 latents.
+_TWO_LEVEL_UNET: dict[str, Any] = {"sample_size": _LATENT_SIZE, "in_channels": 4, "out_channels": 4,
+                                   "block_out_channels": (16, 32), "layers_per_block": 1, "norm_num_groups": 8}
+# The transformer settings PixArt and DiT share: 2 blocks over 2 x 2 patches of the 8 x 8 latents, learned sigma.
+_LEARNED_SIGMA_DIT: dict[str, Any] = {
+    "sample_size": _LATENT_SIZE, "num_layers": 2, "patch_size": 2, "attention_head_dim": 8, "num_attention_heads": 2,
+    "in_channels": 4, "out_channels": 8, "attention_bias": True, "activation_fn": "gelu-approximate",
+    "norm_elementwise_affine": False,
+}
+
+
 def tiny_tokenizer() -> CLIPTokenizer:
     """A byte-level CLIP tokenizer built in memory (no merges: one token per character)."""
     alphabet = sorted(ByteLevel.alphabet())
@@ -122,14 +133,9 @@ def tiny_sd(
     """Tiny Stable Diffusion 1.x pipeline (UNet with cross-attention, CLIP text encoder)."""
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        sample_size=_LATENT_SIZE,
-        in_channels=4,
-        out_channels=4,
+        **_TWO_LEVEL_UNET,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        norm_num_groups=8,
         attention_head_dim=2,
         cross_attention_dim=TEXT_DIM,
     )
@@ -152,14 +158,9 @@ def tiny_sdxl(seed: int = 0) -> StableDiffusionXLPipeline:
     torch.manual_seed(seed)
     time_embed_dim = 8
     unet = UNet2DConditionModel(
-        sample_size=_LATENT_SIZE,
-        in_channels=4,
-        out_channels=4,
+        **_TWO_LEVEL_UNET,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        norm_num_groups=8,
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         cross_attention_dim=2 * TEXT_DIM,
@@ -252,20 +253,11 @@ def tiny_pixart(seed: int = 0, sigma: bool = False) -> PixArtAlphaPipeline | Pix
     """Tiny PixArt-α (or -Σ) pipeline with a learned-sigma transformer and DPM-Solver++ 2M."""
     torch.manual_seed(seed)
     transformer = PixArtTransformer2DModel(
-        sample_size=_LATENT_SIZE,
-        num_layers=2,
-        patch_size=2,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        in_channels=4,
-        out_channels=8,
+        **_LEARNED_SIGMA_DIT,
         caption_channels=TEXT_DIM,
         cross_attention_dim=16,
-        attention_bias=True,
-        activation_fn="gelu-approximate",
         num_embeds_ada_norm=1000,
         norm_type="ada_norm_single",
-        norm_elementwise_affine=False,
         norm_eps=1e-6,
     )
     pipeline_class = PixArtSigmaPipeline if sigma else PixArtAlphaPipeline
@@ -282,20 +274,7 @@ def tiny_pixart(seed: int = 0, sigma: bool = False) -> PixArtAlphaPipeline | Pix
 def tiny_dit(seed: int = 0) -> DiTPipeline:
     """Tiny class-conditional DiT pipeline (adaLN-Zero, learned sigma, 1000 classes + null class)."""
     torch.manual_seed(seed)
-    transformer = DiTTransformer2DModel(
-        sample_size=_LATENT_SIZE,
-        num_layers=2,
-        patch_size=2,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        in_channels=4,
-        out_channels=8,
-        attention_bias=True,
-        activation_fn="gelu-approximate",
-        num_embeds_ada_norm=NULL_CLASS,
-        norm_type="ada_norm_zero",
-        norm_elementwise_affine=False,
-    )
+    transformer = DiTTransformer2DModel(**_LEARNED_SIGMA_DIT, num_embeds_ada_norm=NULL_CLASS, norm_type="ada_norm_zero")
     pipe = DiTPipeline(
         transformer=transformer,
         vae=_vae(),

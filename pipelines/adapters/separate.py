@@ -1,0 +1,86 @@
+"""The separate-calls call protocol (Flux's true CFG): the pipeline calls the denoiser twice per step, first with
+the prompt, then with the negative prompt, and combines them with `neg + s·(cond − neg)`.
+
+The first call evaluates the conditional rows (plus, for icg/tsg, reference rows built from them in the same call);
+for `uncond` the guided prediction needs the second call's output, so the first call's output tensor is kept and,
+when the negative call has run, overwritten IN PLACE with the guided prediction g: the pipeline holds that very
+tensor as its conditional prediction, and the second call returns g too, so `g + s·(g − g)` is exactly g. When the
+step needs no negative rows (conditional only, icg/tsg, CFG-Zero*'s zero-init) the second call is not evaluated:
+it returns the step's output again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from guidance.errors import GuidanceError
+
+from ..call import DenoiserCall, first_output, with_first_output
+from .base import Adapter
+
+if TYPE_CHECKING:
+    from ..session import Run, Session
+
+
+@dataclass
+class AwaitingNegative:
+    """The first call of an `uncond` step, waiting for the negative call: x_t, its output tensor, the guided
+    samples and the step's scale."""
+
+    x: torch.Tensor
+    cond: torch.Tensor
+    samples: list[int]
+    w: float | None
+
+
+class SeparateCallsAdapter(Adapter):
+    """A family whose pipeline runs the prompt and the negative prompt as separate denoiser calls."""
+
+    calls_per_step = 2
+
+    def batch_size(self, call: DenoiserCall) -> int:
+        return call.batch
+
+    def guide_call(self, session: Session, call: DenoiserCall) -> Any:
+        run = session.current_run
+        if run.calls == 2:
+            return self._negative_call(session, call)
+        w, samples = session.plan()
+        if session.outputs_zero(w):
+            run.carried = session.zero(call.sample)
+            return session.output(call, run.carried)
+        reference = session.guidance.reference
+        if samples and not reference.from_condition:
+            out = session.evaluate(call)
+            run.carried = AwaitingNegative(call.sample, first_output(out), samples, w)
+            return out
+        if samples:
+            out, cond, reference_prediction = session.evaluate_with_reference(
+                call, session.reference_call(call, slice(0, run.batch_size), samples))
+        else:
+            out = session.evaluate(call)
+            cond, reference_prediction = first_output(out), None
+        run.carried = session.guide(w, call.sample, cond, reference_prediction, samples)
+        return with_first_output(out, run.carried)
+
+    def _negative_call(self, session: Session, call: DenoiserCall) -> Any:
+        run = session.current_run
+        awaiting = run.carried
+        if not isinstance(awaiting, AwaitingNegative):  # the step's output is known: nothing to evaluate
+            return session.output(call, awaiting)
+        out = session.evaluate(session.reference_call(call, slice(0, run.batch_size), awaiting.samples))
+        guided = session.guide(awaiting.w, awaiting.x, awaiting.cond, first_output(out), awaiting.samples)
+        awaiting.cond.copy_(guided)  # the pipeline's conditional prediction becomes g (see the module docstring)
+        run.carried = awaiting.cond
+        return with_first_output(out, awaiting.cond)
+
+    def end_step(self, run: Run) -> None:
+        if isinstance(run.carried, AwaitingNegative):
+            raise GuidanceError(
+                f"{type(self.pipe).__name__} ran no negative-prompt call, so reference `uncond` has nothing to "
+                "contrast with. Pass a negative prompt and true_cfg_scale > 1 (guidance.run does both), or use "
+                "reference icg or tsg."
+            )
