@@ -9,7 +9,7 @@ from typing import Any, Generic, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import ValidationError
 
-from .errors import GuidanceError
+from .errors import GuidanceError, cut, shorten
 from .strategy import Strategy
 
 S = TypeVar("S", bound=Strategy)
@@ -40,12 +40,6 @@ def describe_fields(cls: type[Strategy]) -> str:
     return ", ".join(parts) or "none"
 
 
-def shorten(value: Any, limit: int = 80) -> str:
-    """repr(value), cut to `limit` characters: error messages echo bad input, never pages of it."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
 def explain(error: ValidationError, name: Callable[[tuple[str, ...]], str],
             allowed: Callable[[tuple[str, ...]], list[str]]) -> list[str]:
     """One sentence per problem of a pydantic ValidationError (the one reader of its structure in the project):
@@ -53,7 +47,7 @@ def explain(error: ValidationError, name: Callable[[tuple[str, ...]], str],
     sentence is kept as it is; pydantic's generic ones get the (shortened) bad value."""
     sentences = []
     for item in error.errors():
-        path = tuple(str(p) for p in item["loc"])
+        path = tuple(cut(str(p), 40) for p in item["loc"])
         if item["type"] == "extra_forbidden":
             keys = allowed(path[:-1])
             sentences.append(f"{name(path)}: unknown key.{did_you_mean(path[-1], keys)} "
@@ -92,7 +86,7 @@ class Registry(Generic[S]):
         if not isinstance(name, str) or name not in self._classes:
             hint = did_you_mean(name, self.names()) if isinstance(name, str) else ""
             raise GuidanceError(
-                f"Unknown {self.axis} {name!r}.{hint} Choose one of: {', '.join(self.names())} "
+                f"Unknown {self.axis} {shorten(name)}.{hint} Choose one of: {', '.join(self.names())} "
                 f"(`guidance list` shows each with its parameters)."
             )
         return self._classes[name]
@@ -108,7 +102,7 @@ class Registry(Generic[S]):
         elif isinstance(value, Mapping):
             if "name" not in value:
                 raise GuidanceError(
-                    f"The {self.axis} mapping {dict(value)!r} has no 'name'. Write e.g. "
+                    f"The {self.axis} mapping {shorten(dict(value))} has no 'name'. Write e.g. "
                     f"{{name: {self.names()[0]}, ...}} with one of: {', '.join(self.names())}."
                 )
             params = {k: v for k, v in value.items() if k != "name"}
@@ -116,7 +110,7 @@ class Registry(Generic[S]):
         else:
             raise GuidanceError(
                 f"The {self.axis} must be a name or a mapping with a 'name' key, not {type(value).__name__} "
-                f"{value!r}. Choose one of: {', '.join(self.names())}."
+                f"{shorten(value)}. Choose one of: {', '.join(self.names())}."
             )
         cls = self.get(name)
         try:

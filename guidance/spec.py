@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import GuidanceError
+from .errors import GuidanceError, shorten
 from .policies import POLICIES, Policy
 from .policies.always import Always
 from .references import REFERENCES, Reference
@@ -60,7 +60,7 @@ class Guidance(BaseModel):
             rule = info.data.get("rule")
             return None if rule is None else rule.default_scale
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"scale must be a number, not {type(value).__name__} {value!r}")
+            raise ValueError(f"scale must be a number, not {type(value).__name__} {shorten(value)}")
         return float(value)
 
     @model_validator(mode="after")

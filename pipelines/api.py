@@ -10,7 +10,7 @@ import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from pydantic import PrivateAttr
 
-from guidance.errors import GuidanceError
+from guidance.errors import OUT_OF_MEMORY, GuidanceError
 from guidance.plan import StepTable
 from guidance.policies.always import Always
 from guidance.policies.linear_ag import fit, step_modes, write
@@ -56,7 +56,12 @@ def run(pipe: Any, spec: Any, *, stats: dict[str, Any] | None = None, **kwargs: 
     kwargs = session.adapter.run_kwargs(kwargs, needs_pipeline_reference=not reference.from_condition)
     kwargs = _with_callback(pipe, kwargs, session)
     with session:
-        out = pipe(**kwargs)
+        try:
+            out = pipe(**kwargs)
+        except torch.cuda.OutOfMemoryError as error:
+            if hasattr(error, "add_note"):
+                error.add_note(OUT_OF_MEMORY)
+            raise
     if stats is not None:
         stats.update(session.stats)
     return out

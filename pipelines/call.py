@@ -13,6 +13,8 @@ Path = tuple[str, ...]
 
 
 def _take(value: Any, rows: Rows, batch: int, skip: frozenset[str], key: str = "") -> Any:
+    """`value` with every batch-sized tensor in it (also inside mappings, lists and tuples: ControlNet residuals,
+    IP-Adapter image embeds) cut to `rows`."""
     if key in skip:
         return value
     if isinstance(value, torch.Tensor):
@@ -21,10 +23,13 @@ def _take(value: Any, rows: Rows, batch: int, skip: frozenset[str], key: str = "
         return value
     if isinstance(value, Mapping):
         return {k: _take(v, rows, batch, skip, k) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_take(v, rows, batch, skip) for v in value)
     return value
 
 
 def _concat(parts: list[Any], skip: frozenset[str], batch: int, key: str = "") -> Any:
+    """The calls' arguments joined row-wise: batch-sized tensors concatenated, everything else from the first."""
     first = parts[0]
     if key in skip:
         return first
@@ -32,6 +37,8 @@ def _concat(parts: list[Any], skip: frozenset[str], batch: int, key: str = "") -
         return torch.cat(parts)
     if isinstance(first, Mapping):
         return {k: _concat([p[k] for p in parts], skip, batch, k) for k in first}
+    if type(first) in (list, tuple):
+        return type(first)(_concat(list(items), skip, batch) for items in zip(*parts, strict=True))
     return first
 
 

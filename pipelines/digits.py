@@ -65,12 +65,13 @@ def load_classifier(path: Path = CLASSIFIER) -> DigitClassifier:
     return model.eval()
 
 
-def load_pipeline(path: Path | str = DEFAULT_MODEL) -> ClassConditionalPipeline:
-    """A ClassConditionalPipeline from a folder or hub id, quietly (no loading or sampling progress bars)."""
+def load_pipeline(path: Path | str = DEFAULT_MODEL, allow_pickle: bool = False) -> ClassConditionalPipeline:
+    """A ClassConditionalPipeline from a folder or hub id, quietly (no loading or sampling progress bars); weights
+    from safetensors only unless `allow_pickle`."""
     enabled = diffusers_logging.is_progress_bar_enabled()
     diffusers_logging.disable_progress_bar()
     try:
-        pipe = ClassConditionalPipeline.from_pretrained(path)
+        pipe = ClassConditionalPipeline.from_pretrained(path, use_safetensors=None if allow_pickle else True)
     finally:
         if enabled:
             diffusers_logging.enable_progress_bar()

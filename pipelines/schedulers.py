@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from guidance.errors import GuidanceError
+from guidance.errors import GuidanceError, shorten
 
 # name: (diffusers class, settings that override the pipeline's scheduler config)
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -23,7 +23,7 @@ def set_scheduler(pipe: Any, name: str) -> Any:
     if name == "default":
         return pipe
     if name not in SCHEDULERS:
-        raise GuidanceError(f"Unknown scheduler {name!r}; choose default or one of: {', '.join(SCHEDULERS)}.")
+        raise GuidanceError(f"Unknown scheduler {shorten(name)}; choose default or one of: {', '.join(SCHEDULERS)}.")
     import diffusers
 
     is_flow = isinstance(pipe.scheduler, diffusers.FlowMatchEulerDiscreteScheduler)

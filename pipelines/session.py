@@ -26,6 +26,7 @@ from guidance.step import GuidedStep, StepPoint, guided_step
 from guidance.telemetry import StepRecord
 
 from .adapters import adapter_for
+from .caches import caches_on, check_run, check_spec
 from .call import DenoiserCall, RowView, first_output, with_first_output
 from .stepping import step_table
 
@@ -87,6 +88,8 @@ class Session:
         self._correction: SamplerCorrection | None = None
         if self.guidance.rule.corrects_sampler:
             self._correction = correction_for(self._scheduler)
+        self._caches = caches_on(self.adapter.denoiser)
+        check_spec(self._caches, self.guidance)
 
     # ---------------------------------------------------------------- install / restore
 
@@ -109,8 +112,9 @@ class Session:
         try:
             # A module compiled in place (`module.compile()`) is called through `_compiled_call_impl`: routing that
             # keeps the plugin outside the compiled graph, as it is for `torch.compile(module)`.
-            entry = "forward" if getattr(denoiser, "_compiled_call_impl", None) is None else "_compiled_call_impl"
-            self._forward_original = self._patch(denoiser, entry, self._forward)
+            self._entry = "forward" if getattr(denoiser, "_compiled_call_impl", None) is None else "_compiled_call_impl"
+            self._forward_original = self._patch(denoiser, self._entry, self._forward)
+            self._forward_wrapper = getattr(denoiser, self._entry)
             self._signature = _method_signature(getattr(denoiser, "_orig_mod", denoiser), "forward")
             self._set_timesteps = self._patch(self._scheduler, "set_timesteps", self._on_set_timesteps)
             self._step = self._patch(self._scheduler, "step", self._on_step)
@@ -134,6 +138,16 @@ class Session:
         self._patches = []
         self.current_run = None
 
+    def _keep_forward_routed(self) -> None:
+        """At the start of every pipeline call: if something replaced the denoiser's forward since the last call
+        (model CPU offloading re-installs accelerate's hook after each call), route the new one through the session
+        too. Exit still restores the forward that was there before attach."""
+        denoiser = self.adapter.denoiser
+        current = getattr(denoiser, self._entry)
+        if current is not self._forward_wrapper:
+            self._forward_original = current
+            setattr(denoiser, self._entry, self._forward_wrapper)
+
     # ---------------------------------------------------------------- stats
 
     @property
@@ -152,9 +166,11 @@ class Session:
 
     def _on_set_timesteps(self, *args: Any, **kwargs: Any) -> Any:
         result = self._set_timesteps(*args, **kwargs)
+        self._keep_forward_routed()
         table = step_table(self._scheduler)
         spec = self.guidance
         self.current_run = Run(table=table, scales=spec.rule.step_scales(spec.scale, spec.schedule, table))
+        check_run(self._caches, spec, self.current_run.scales)
         self._runs.append(self.current_run)
         spec.rule.reset()
         spec.reference.reset()
@@ -281,7 +297,8 @@ class Session:
         point = StepPoint(index=k, batch_size=run.batch_size, a=run.table.a[k], s=run.table.s[k],
                           prediction_type=run.table.prediction_type)
         prediction = self.adapter.prediction
-        step = guided_step(self.guidance, point, w, x, prediction(cond),
+        cond_prediction = prediction(cond)
+        step = guided_step(self.guidance, point, w, self.adapter.latents(x, cond_prediction), cond_prediction,
                            None if reference is None else prediction(reference), samples, self.telemetry)
         if self._correction is not None and step.reference is not None:
             run.correction = (step.reference, step.prediction)

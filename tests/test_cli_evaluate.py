@@ -51,9 +51,19 @@ def test_evaluate_refuses_a_non_empty_output_folder(tmp_path, capsys) -> None:
 
 @pytest.mark.parametrize(("text", "message"), [
     ("settings: [{name: x, guidance: {rule: apgg}}]", "Did you mean 'apg'"),
-    ("settings: [{name: x, guidanse: {}}]", "unknown keys ['guidanse']"),
+    ("settings: [{name: x, guidanse: {}}]", "settings.0.guidanse: unknown key. Did you mean 'guidance'?"),
     ("settings: [unclosed", "not valid YAML"),
     ("settings: [{name: x, guidance: {scale: -1}}]", "out of range"),
+    ("settings: [{guidance: {}, steps: many}]", "settings.0.steps = 'many'"),
+    ("settings: [{guidance: {}, eta: [1]}]", "settings.0.eta = [1]"),
+    ("settings: [{guidance: {}, scales: 3}]", "settings.0.scales = 3"),
+    ("settings: [{guidance: {}, scales: [w]}]", "settings.0.scales.0 = 'w'"),
+    ("settings: [{guidance: 3}]", "settings.0.guidance = 3"),
+    ("guidance: " + "x" * 5000, "guidance = 'xxxx"),
+    ("samples: 3\nsettings: [{guidance: {}}]", "samples = 3"),
+    ("samples: lots", "samples = 'lots'"),
+    ("settings: []", "settings = []"),
+    ("settings: [{guidance: {}, model: /no/such/model}]", "no bundled model or pipeline folder '/no/such/model'"),
 ])
 def test_evaluate_bad_settings_exit_2_with_a_message(tmp_path, capsys, text: str, message: str) -> None:
     config = tmp_path / "bad.yaml"
@@ -61,6 +71,7 @@ def test_evaluate_bad_settings_exit_2_with_a_message(tmp_path, capsys, text: str
     assert main(["evaluate", "-c", str(config), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert message in err and str(config) in err and "Traceback" not in err
+    assert len(err) < 1000  # bad values are echoed shortened
 
 
 def test_evaluate_missing_file(tmp_path, capsys) -> None:

@@ -48,14 +48,14 @@ def test_the_library_never_imports_the_application_or_the_test_builders() -> Non
         assert not forbidden, f"{path.relative_to(ROOT)} imports {sorted(forbidden)}"
 
 
-def test_a_guided_run_loads_no_application_module() -> None:
+def test_a_guided_run_loads_no_application_module(tmp_path) -> None:
     """In a fresh process: load the bundled digits model, run guidance, list what got imported."""
     script = (
         "import sys, guidance\n"
         "from guidance.pipelines.digits import load_pipeline\n"
         "guidance.run(load_pipeline(), {'rule': 'apg', 'scale': 3}, class_labels=[1], num_inference_steps=2)\n"
         "print([m for m in sys.modules if m.startswith(('guidance.app', 'guidance.pipelines.testing'))])\n")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 

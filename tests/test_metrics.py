@@ -7,6 +7,7 @@ import pytest
 from scipy import linalg
 
 from guidance.app.metrics import class_diversity, frechet_distance, knn_precision_recall, saturation
+from guidance.errors import GuidanceError
 
 
 def test_frechet_distance_matches_scipy_sqrtm_formula() -> None:
@@ -49,3 +50,21 @@ def test_saturation_counts_values_beyond_the_range() -> None:
     assert result["beyond_range"] == pytest.approx(3 / 8)
     assert result["at_range"] == pytest.approx(5 / 8)
     assert result["max_abs"] == 3.0 and result["mean_abs"] == pytest.approx(np.abs(samples).mean())
+
+
+@pytest.mark.parametrize(("metric", "few"), [(frechet_distance, 1), (knn_precision_recall, 3)])
+def test_metrics_refuse_too_few_samples_with_a_clear_message(metric, few) -> None:
+    rng = np.random.default_rng(4)
+    with pytest.raises(GuidanceError, match="at least"):
+        metric(rng.normal(size=(50, 4)), rng.normal(size=(few, 4)))
+    with pytest.raises(GuidanceError, match="at least"):
+        metric(rng.normal(size=(50, 4)), np.zeros((0, 4)))
+
+
+def test_metrics_of_diverged_samples_are_nan_not_an_error() -> None:
+    rng = np.random.default_rng(5)
+    real, fake = rng.normal(size=(40, 4)), rng.normal(size=(40, 4))
+    fake[3, 1] = np.nan
+    assert np.isnan(frechet_distance(real, fake))
+    assert all(np.isnan(v) for v in knn_precision_recall(real, fake))
+    assert np.isnan(class_diversity(rng.normal(size=(3, 2)), np.array([0, 1, 2])))  # no class with two samples

@@ -10,8 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import GuidanceError
-from ..yaml_file import read_yaml
+from ..errors import OUT_OF_MEMORY, GuidanceError, shorten
 
 EXAMPLE_SETTINGS = """\
 model: digits            # default model of every setting (digits, digits-no-dropout, or a folder)
@@ -31,55 +30,24 @@ def _scales(text: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 1,3,7.5, got {text!r}") from None
-
-
-def _read_settings(path: Path) -> dict[str, Any]:
-    data = read_yaml(path, "settings file", f"Pass an existing YAML file, for example:\n{EXAMPLE_SETTINGS}")
-    if not isinstance(data, dict):
-        raise GuidanceError(f"'{path}' must hold a mapping with `settings:` (or a `guidance:` section).")
-    return data
-
-
-def evaluation_settings(data: dict[str, Any], source: str, scales: list[float] | None) -> list[Any]:
-    """Settings from a file's mapping: `settings:` (each with `guidance:` and optional `scales:`, `steps`, `eta`,
-    `model`, `name`) or a single `guidance:` section."""
-    from .evaluate import Setting
-
-    entries = data.get("settings", [{"name": Path(source).stem, "guidance": data.get("guidance") or {}}])
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise GuidanceError(f"In '{source}': `settings` must be a list of mappings with a `guidance:` section.")
-    settings = []
-    for i, entry in enumerate(entries):
-        unknown = set(entry) - {"name", "guidance", "scales", "steps", "eta", "model", "method", "unconditional"}
-        if unknown:
-            raise GuidanceError(f"In '{source}', settings[{i}]: unknown keys {sorted(unknown)}; allowed: name, "
-                                "guidance, scales, steps, eta, model, method, unconditional.")
-        spec = dict(entry.get("guidance") or {})
-        name = str(entry.get("name", f"setting {i}"))
-        common = {"steps": int(entry.get("steps", data.get("steps", 25))), "eta": float(entry.get("eta", 0.0)),
-                  "model": str(entry.get("model", data.get("model", "digits"))), "method": entry.get("method", name),
-                  "unconditional": bool(entry.get("unconditional", False))}
-        for scale in entry.get("scales") or scales or [spec.get("scale")]:
-            scaled = spec if scale is None else {**spec, "scale": scale}
-            label = name if scale is None else f"{name} w={scale:g}"
-            try:
-                settings.append(Setting(label, scaled, **common))
-            except GuidanceError as error:
-                raise GuidanceError(f"In '{source}', settings[{i}] ({name}): {error}") from None
-    return settings
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 1,3,7.5, got {shorten(text)}"
+                                         ) from None
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import Setting, evaluate
+    from .config import MAX_SAMPLES, MIN_SAMPLES, read_evaluation
+    from .evaluate import Setting, evaluate, settings_from
     from .report import COLUMNS, markdown_table
 
     settings: list[Setting] = []
     samples = args.samples
+    if samples is not None and not MIN_SAMPLES <= samples <= MAX_SAMPLES:
+        raise GuidanceError(f"--samples {samples}: give {MIN_SAMPLES} to {MAX_SAMPLES} (the metrics need two samples "
+                            "per class, and hold an N × N distance matrix).")
     for path in args.config or []:
-        data = _read_settings(path)
-        samples = samples or data.get("samples")
-        settings += evaluation_settings(data, str(path), args.scales)
+        loaded = read_evaluation(path)
+        samples = samples or loaded.samples
+        settings += settings_from(loaded, str(path), args.scales)
     if not settings:
         settings = [Setting(f"cfg w={w:g}", {"scale": w}, model=args.model) for w in (args.scales or [1.0, 3.0, 7.5])]
     if args.out is not None and args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
@@ -124,12 +92,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.from_image is not None:
         if args.config or args.set:
             raise GuidanceError("--from-image takes the whole config from the image; drop -c/--set.")
-        path = regenerate(args.from_image, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+        path = regenerate(args.from_image, args.out, overwrite=args.overwrite, progress=not args.no_progress,
+                          allow_pickle=args.allow_pickle)
         print(f"Regenerated {args.from_image} as {path}")
         return 0
     data, source = _run_config(args)
     config = validate(data, source)
-    written = generate(config, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    written = generate(config, args.out, overwrite=args.overwrite, progress=not args.no_progress,
+                       allow_pickle=args.allow_pickle)
     print(f"Wrote {len(written)} images to {written[0].parent if written else args.out or config.output.dir}")
     return 0
 
@@ -139,7 +109,8 @@ def _sweep_argv(args: argparse.Namespace, out: Path) -> list[str]:
     argv = ["sweep", f"--seeds={args.seeds}", f"--out={out}"]
     argv += [f"--config={args.config}"] if args.config else []
     argv += [f"--set={entry}" for entry in args.set or []] + [f"--grid={entry}" for entry in args.grid or []]
-    return argv + [flag for flag, on in (("--overwrite", args.overwrite), ("--no-progress", args.no_progress)) if on]
+    flags = {"--overwrite": args.overwrite, "--no-progress": args.no_progress, "--allow-pickle": args.allow_pickle}
+    return argv + [flag for flag, on in flags.items() if on]
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -152,7 +123,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         require_launcher(args.num_processes)
         check(data, axes, seeds, out, source, args.overwrite)  # errors once, before any process starts
         return launch(args.num_processes, _sweep_argv(args, out))
-    grid = sweep(data, axes, seeds, out, source, overwrite=args.overwrite, progress=not args.no_progress)
+    grid = sweep(data, axes, seeds, out, source, overwrite=args.overwrite, progress=not args.no_progress,
+                 allow_pickle=args.allow_pickle)
     if grid is not None:
         print(f"Wrote {grid} and {grid.parent / 'sweep.json'}")
     return 0
@@ -168,7 +140,7 @@ def cmd_fit_linear_ag(args: argparse.Namespace) -> int:
     config = validate(data, source)
     if args.out.exists() and not args.overwrite:
         raise GuidanceError(f"'{args.out}' exists. Pass --overwrite or choose another --out.")
-    pipe = load_model(config.model, config.sampler.scheduler)
+    pipe = load_model(config.model, config.sampler.scheduler, args.allow_pickle)
     kwargs = call_kwargs(pipe, config, config.items(), config.sampler.seed)
     path = fit_linear_ag(pipe, config.guidance, args.out, guided_fraction=args.guided_fraction,
                          real_every=args.real_every, **{**kwargs, "output_type": "latent"})
@@ -243,12 +215,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _add_allow_pickle(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--allow-pickle", action="store_true",
+                         help="let the model load from pickle weights (.bin, .ckpt), which can run code: only for "
+                              "models you trust (default: safetensors only)")
+
+
 def _add_run_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("-c", "--config", type=Path, help="run config YAML (default: the bundled digits model)")
     command.add_argument("--set", action="append", metavar="KEY.PATH=VALUE",
                          help="override a config field, e.g. --set guidance.scale=5 (repeatable)")
     command.add_argument("--out", type=Path, help="output folder (default: output.dir of the config)")
     command.add_argument("--overwrite", action="store_true", help="replace existing images")
+    _add_allow_pickle(command)
     command.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -290,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--overwrite", action="store_true", help="replace an existing coefficient file")
     fit.add_argument("--guided-fraction", type=float, default=0.5, help="share of the steps that are guided")
     fit.add_argument("--real-every", type=int, default=2, help="evaluate the reference every k-th guided step")
+    _add_allow_pickle(fit)
     fit.set_defaults(handler=cmd_fit_linear_ag)
     check = sub.add_parser("validate", help="check run configs: every error with file, field, value and fix",
                            description="Validate run configs without loading any model; exit 1 if one is invalid.")
@@ -348,6 +328,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except GuidanceError as error:
         print(f"guidance {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"guidance {args.command}: interrupted. Finished images are kept; no partial file was written.",
+              file=sys.stderr)
+        return 130
+    except RuntimeError as error:  # torch's OutOfMemoryError (CUDA, or the CPU allocator's)
+        if "out of memory" not in str(error).lower():
+            raise
+        print(f"guidance {args.command}: error: {OUT_OF_MEMORY} ({str(error).splitlines()[0][:200]})",
+              file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

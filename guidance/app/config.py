@@ -8,16 +8,20 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
-from ..errors import GuidanceError
+from ..errors import GuidanceError, cut, shorten
+from ..pipelines.bundled import BUNDLED
 from ..pipelines.schedulers import SCHEDULERS
 from ..registry import explain
 from ..spec import Guidance, load
-from ..yaml_file import read_yaml
+from ..yaml_file import is_file, read_yaml
+
+MAX_SEED = 2**62  # torch generators take seeds below 2^63; a call's seed is the run's seed plus its index
 
 
 class Section(BaseModel):
@@ -37,7 +41,7 @@ class SamplerSection(Section):
 
     scheduler: Literal[("default", *SCHEDULERS)] = "default"  # type: ignore[valid-type]
     steps: int = Field(25, ge=1, le=1000)
-    seed: int = Field(0, ge=0, lt=2**63)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     batch: int = Field(1, ge=1, le=64)
     eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM's η (digits and DDIM schedulers)")
     height: int | None = Field(None, ge=8, le=4096, multiple_of=8)
@@ -65,6 +69,9 @@ class RunConfig(Section):
     @field_validator("guidance", mode="before")
     @classmethod
     def _guidance(cls, value: Any) -> Guidance:
+        if value is not None and not isinstance(value, Mapping | Guidance):
+            raise ValueError("the guidance section is a mapping such as {rule: apg, scale: 7.5}, not "
+                             f"{type(value).__name__}")
         return load({} if value is None else value)
 
     @field_serializer("guidance")
@@ -90,32 +97,99 @@ class RunConfig(Section):
         return list(self.prompts or self.class_labels or range(10))
 
 
+MIN_SAMPLES = 20  # two per digit class: the fewest the metrics' covariances and nearest neighbours can use
+MAX_SAMPLES = 10_000  # k-NN precision/recall holds an N × N distance matrix (800 MB at 10 000)
+
+
+def _model_name(value: str) -> str:
+    """A bundled model's name or a folder with a ClassConditionalPipeline (model_index.json)."""
+    if value not in BUNDLED and not is_file(Path(value) / "model_index.json"):
+        raise ValueError(f"no bundled model or pipeline folder {shorten(value, 300)}; use {', '.join(BUNDLED)} or a "
+                         "folder saved with save_pretrained")
+    return value
+
+
+class SettingSection(Section):
+    """One entry of an evaluation settings file: a guidance spec, at each of `scales` if given."""
+
+    name: str | None = None
+    guidance: dict[str, Any] = Field(default_factory=dict)
+    scales: list[float] | None = Field(None, min_length=1)
+    steps: int | None = Field(None, ge=1, le=1000)
+    eta: float = Field(0.0, ge=0.0, le=1.0)
+    model: str | None = None
+    method: str | None = None
+    unconditional: bool = False
+
+    _model = field_validator("model")(classmethod(lambda cls, value: value if value is None else _model_name(value)))
+
+    @model_validator(mode="after")
+    def _specs(self) -> SettingSection:
+        for scale in self.scales or [None]:
+            load(self.guidance if scale is None else {**self.guidance, "scale": scale})
+        return self
+
+
+class EvaluationFile(Section):
+    """A `guidance evaluate` settings file: `settings:` (a list), or one `guidance:` section."""
+
+    model: str = "digits"
+    samples: int | None = Field(None, ge=MIN_SAMPLES, le=MAX_SAMPLES)
+    steps: int = Field(25, ge=1, le=1000)
+    settings: list[SettingSection] | None = Field(None, min_length=1)
+    guidance: dict[str, Any] | None = None
+
+    _model = field_validator("model")(classmethod(lambda cls, value: _model_name(value)))
+
+    @model_validator(mode="after")
+    def _one_form(self) -> EvaluationFile:
+        if self.settings is not None and self.guidance is not None:
+            raise ValueError("give either `settings:` (a list) or one `guidance:` section, not both")
+        if self.settings is None:
+            self.settings = [SettingSection(guidance=self.guidance or {})]
+        return self
+
+
 def _fields(cls: type[BaseModel], path: tuple[str, ...]) -> list[str]:
-    """Allowed keys at a nested path of the schema."""
+    """Allowed keys at a nested path of the schema (list indices are skipped)."""
     for key in path:
-        field = cls.model_fields.get(str(key))
-        annotation = getattr(field, "annotation", None)
+        if key.isdigit():
+            continue
+        annotation = getattr(cls.model_fields.get(str(key)), "annotation", None)
+        while get_origin(annotation) in (list, Union, UnionType):
+            annotation = next(a for a in get_args(annotation) if a is not type(None))
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
         cls = annotation
     return list(cls.model_fields)
 
 
-def validate(data: Any, source: str = "<config>") -> RunConfig:
-    """A RunConfig from a mapping; GuidanceError listing every problem (one per line) otherwise."""
+def _checked(schema: type[BaseModel], data: Any, source: str, what: str) -> Any:
+    """`schema` validated from the mapping `data`; one GuidanceError listing every problem (a line each)."""
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise GuidanceError(f"{source}: a run config is a mapping with sections model, sampler, guidance, prompts "
-                            f"or class_labels, output — not {type(data).__name__}.")
+        raise GuidanceError(f"{source}: {what}, not {type(data).__name__}.")
     try:
-        return RunConfig.model_validate(dict(data))
+        return schema.model_validate(dict(data))
     except ValidationError as error:
         problems = explain(error, lambda path: f"{source}: {'.'.join(path) or '(top level)'}",
-                           lambda path: _fields(RunConfig, path))
+                           lambda path: _fields(schema, path))
         raise GuidanceError("\n".join(problems)) from None
-    except GuidanceError as error:
-        raise GuidanceError(f"{source}: guidance: {error}") from None
+
+
+def validate(data: Any, source: str = "<config>") -> RunConfig:
+    """A RunConfig from a mapping; GuidanceError listing every problem (one per line) otherwise."""
+    return _checked(RunConfig, data, source, "a run config is a mapping with sections model, sampler, guidance, "
+                    "prompts or class_labels, output")
+
+
+def read_evaluation(path: str | Path) -> EvaluationFile:
+    """A validated `guidance evaluate` settings file."""
+    data = read_yaml(path, "settings file", "Pass an existing YAML settings file (`guidance evaluate --help` shows "
+                     "an example).")
+    return _checked(EvaluationFile, data, str(path), "a settings file is a mapping with `settings:` (a list) or a "
+                    "`guidance:` section")
 
 
 def read(path: str | Path) -> dict[str, Any]:
@@ -132,7 +206,8 @@ def parse_value(text: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
-        raise GuidanceError(f"Cannot read the value {text!r}; write a number, a word, [a, list] or {{a: mapping}}.")\
+        raise GuidanceError(f"Cannot read the value {shorten(text)}; write a number, a word, [a, list] or "
+                            "{a: mapping}.")\
             from None
 
 
@@ -140,7 +215,7 @@ def set_path(data: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
     """A copy of `data` with `value` at the dotted key path (sections are created as needed)."""
     keys = [k for k in dotted.split(".")]
     if not all(keys):
-        raise GuidanceError(f"Bad key path {dotted!r}: write section.key, e.g. guidance.scale or sampler.steps.")
+        raise GuidanceError(f"Bad key path {shorten(dotted)}: write section.key, e.g. guidance.scale or sampler.steps.")
     out = copy.deepcopy(data)
     node = out
     for key in keys[:-1]:
@@ -150,7 +225,8 @@ def set_path(data: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
         if child is None:
             child = {}
         if not isinstance(child, dict):
-            raise GuidanceError(f"Cannot set {dotted!r}: '{key}' holds {child!r}, not a section.")
+            raise GuidanceError(f"Cannot set {shorten(dotted)}: '{cut(key, 40)}' holds {shorten(child)}, not a "
+                                "section.")
         node[key] = child
         node = child
     node[keys[-1]] = value
@@ -162,6 +238,6 @@ def apply_sets(data: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
     for assignment in assignments:
         key, sep, text = assignment.partition("=")
         if not sep:
-            raise GuidanceError(f"--set {assignment!r}: write key.path=value, e.g. --set guidance.scale=5.")
+            raise GuidanceError(f"--set {shorten(assignment)}: write key.path=value, e.g. --set guidance.scale=5.")
         data = set_path(data, key.strip(), parse_value(text))
     return data

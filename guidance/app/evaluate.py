@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import GuidanceError
 from ..pipelines.api import run
 from ..pipelines.bundled import BUNDLED
 from ..pipelines.class_conditional import ClassConditionalPipeline
@@ -29,6 +30,7 @@ from ..pipelines.digits import (
     load_pipeline,
 )
 from ..spec import load
+from .config import EvaluationFile
 from .metrics import class_diversity, frechet_distance, knn_precision_recall, saturation
 
 
@@ -47,6 +49,22 @@ class Setting:
     def __post_init__(self) -> None:
         rule = load(self.spec).rule.name  # validates the spec early
         self.method = self.method or rule
+
+
+def settings_from(loaded: EvaluationFile, source: str, scales: list[float] | None = None) -> list[Setting]:
+    """The settings of a validated settings file, one per scale (`scales`: for entries that list none)."""
+    settings = []
+    for i, entry in enumerate(loaded.settings):
+        name = entry.name or (Path(source).stem if len(loaded.settings) == 1 else f"setting {i}")
+        common = {"steps": entry.steps or loaded.steps, "eta": entry.eta, "model": entry.model or loaded.model,
+                  "method": entry.method or name, "unconditional": entry.unconditional}
+        for scale in entry.scales or scales or [None]:
+            spec = entry.guidance if scale is None else {**entry.guidance, "scale": scale}
+            try:
+                settings.append(Setting(name if scale is None else f"{name} w={scale:g}", spec, **common))
+            except GuidanceError as error:
+                raise GuidanceError(f"In '{source}', settings[{i}] ({name}): {error}") from None
+    return settings
 
 
 @dataclass

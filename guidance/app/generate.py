@@ -165,20 +165,24 @@ def make(pipe: Any, config: RunConfig, job: Job) -> list[Path]:
 
 
 def generate(config: RunConfig, out_dir: Path | None = None, overwrite: bool = False, resume: bool = False,
-             progress: bool = True, pipe: Any = None, only: tuple[int, int] | None = None) -> list[Path]:
-    """Write the config's images; `only` = (job index, image index) restricts the output to one image."""
+             progress: bool = True, pipe: Any = None, only: tuple[int, int] | None = None,
+             allow_pickle: bool = False) -> list[Path]:
+    """Write the config's images; `only` = (job index, image index) restricts the output to one image;
+    `allow_pickle` lets the model load from pickle weights (see loading.load_model)."""
     out_dir = Path(out_dir if out_dir is not None else config.output.dir)
     todo = prepare(out_dir, plan(config, out_dir, only), overwrite, resume, config)
     if pipe is None and todo:
-        pipe = load_model(config.model, config.sampler.scheduler)
+        pipe = load_model(config.model, config.sampler.scheduler, allow_pickle)
     return [path for job in tqdm(todo, desc="generate", unit="call", disable=not progress)
             for path in make(pipe, config, job)]
 
 
-def regenerate(image_path: Path, out_dir: Path | None, overwrite: bool = False, progress: bool = True) -> Path:
+def regenerate(image_path: Path, out_dir: Path | None, overwrite: bool = False, progress: bool = True,
+               allow_pickle: bool = False) -> Path:
     """Regenerate one image from its own metadata (the same call, seed and batch; same machine: same pixels)."""
     data, item = read_metadata(Path(image_path))
     config = validate(data, f"{image_path} (metadata)")
     target = Path(out_dir) if out_dir is not None else Path(image_path).parent
-    [path] = generate(config, target, overwrite=overwrite, progress=progress, only=(item["index"], item["image"]))
+    [path] = generate(config, target, overwrite=overwrite, progress=progress, only=(item["index"], item["image"]),
+                      allow_pickle=allow_pickle)
     return path

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline
 
-from ..errors import GuidanceError
+from ..errors import GuidanceError, shorten
 from ..pipelines.adapters import adapter_for
 from ..pipelines.bundled import BUNDLED
 from ..pipelines.class_conditional import ClassConditionalPipeline
@@ -26,15 +26,31 @@ def device_of(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise GuidanceError(f"model.device is {name!r} but this machine has no CUDA device. Use device: auto or cpu.")
+        raise GuidanceError(f"model.device is {shorten(name)} but this machine has no CUDA device. Use device: auto "
+                            "or cpu.")
     return name
 
 
-def load_model(section: ModelSection, scheduler: str = "default") -> Any:
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+PICKLE_HINT = ("Weights in pickle files (.bin, .pt, .ckpt) can run code when loaded, so only safetensors load by "
+               "default; for a model you trust, pass --allow-pickle (Python: load_model(..., allow_pickle=True)).")
+
+
+def pickle_only(folder: Path) -> list[str]:
+    """The component folders (or the folder itself) that hold pickle weights and no safetensors."""
+    places = [folder, *(p for p in folder.iterdir() if p.is_dir())]
+    return [str(place) for place in places
+            if any(f.suffix in PICKLE_SUFFIXES for f in place.iterdir() if f.is_file())
+            and not any(f.suffix == ".safetensors" for f in place.iterdir() if f.is_file())]
+
+
+def load_model(section: ModelSection, scheduler: str = "default", allow_pickle: bool = False) -> Any:
     """The pipeline of `section`, on its device and dtype, checked to be a supported family, with the scheduler
-    `scheduler` (a run config's `sampler.scheduler`; "default" keeps the pipeline's own)."""
+    `scheduler` (a run config's `sampler.scheduler`; "default" keeps the pipeline's own). Weights load from
+    safetensors only and no code from the model's folder or repository runs, unless `allow_pickle`."""
     dtype = DTYPES[section.dtype]
     path = BUNDLED.get(section.path, Path(section.path))
+    safetensors = None if allow_pickle else True
     try:
         if section.path in BUNDLED:
             pipe = load_pipeline(path)
@@ -43,21 +59,26 @@ def load_model(section: ModelSection, scheduler: str = "default") -> Any:
             if not index.is_file():
                 raise GuidanceError(f"'{path}' is a folder but has no model_index.json: point model.path at a "
                                     "diffusers pipeline folder (saved with save_pretrained).")
+            unsafe = [] if allow_pickle else pickle_only(Path(path))
+            if unsafe:
+                raise GuidanceError(f"'{path}' has only pickle weights in {', '.join(unsafe)}. {PICKLE_HINT}")
             if json.loads(index.read_text()).get("_class_name") == ClassConditionalPipeline.__name__:
-                pipe = load_pipeline(path)
+                pipe = load_pipeline(path, allow_pickle=allow_pickle)
             else:
-                pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype)
+                pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, use_safetensors=safetensors)
         elif re.fullmatch(r"[\w.-]+/[\w.-]+", section.path) and not section.path.startswith("."):
-            pipe = DiffusionPipeline.from_pretrained(section.path, torch_dtype=dtype)
+            pipe = DiffusionPipeline.from_pretrained(section.path, torch_dtype=dtype, use_safetensors=safetensors)
         else:
-            raise GuidanceError(f"No model at '{section.path}'. Use a bundled model ({', '.join(BUNDLED)}), a local "
-                                "pipeline folder, or a hub id such as stabilityai/stable-diffusion-xl-base-1.0.")
+            raise GuidanceError(f"No model at {shorten(section.path, 300)}. Use a bundled model "
+                                f"({', '.join(BUNDLED)}), a local pipeline folder, or a hub id such as "
+                                "stabilityai/stable-diffusion-xl-base-1.0.")
     except GuidanceError:
         raise
     except (OSError, ValueError) as error:
-        raise GuidanceError(f"Could not load the model '{section.path}': {' '.join(str(error).split())[:300]}. A hub "
-                            "id needs network access (or a local copy in the Hugging Face cache); offline, use a "
-                            "local folder or a bundled model (digits).") from None
+        reason = " ".join(str(error).split())[:300]
+        raise GuidanceError(f"Could not load the model {shorten(section.path, 300)}: {reason}. A hub id needs network "
+                            "access (or a local copy in the Hugging Face cache); offline, use a local folder or a "
+                            f"bundled model (digits). {'' if allow_pickle else PICKLE_HINT}") from None
     adapter_for(pipe)  # refuses unsupported pipelines with the list of supported ones
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)

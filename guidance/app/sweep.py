@@ -23,8 +23,8 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from ..errors import GuidanceError
-from .config import RunConfig, parse_value, set_path, validate
+from ..errors import GuidanceError, shorten
+from .config import MAX_SEED, RunConfig, parse_value, set_path, validate
 from .generate import Job, atomic_write, make, plan, prepare
 from .loading import load_model
 from .report import slug
@@ -39,23 +39,30 @@ def parse_grid(entries: list[str]) -> list[tuple[str, list[Any]]]:
     for entry in entries:
         key, sep, text = entry.partition("=")
         if not sep or not key.strip() or not text.strip():
-            raise GuidanceError(f"--grid {entry!r}: write key.path=v1,v2,..., e.g. --grid guidance.scale=1,3,7.5.")
+            raise GuidanceError(f"--grid {shorten(entry)}: write key.path=v1,v2,..., e.g. --grid "
+                                "guidance.scale=1,3,7.5.")
         values = [parse_value(v) for v in text.split(",")] if not text.strip().startswith("[") else parse_value(text)
         axes.append((key.strip(), list(values)))
     return axes
 
 
+MAX_SEEDS = 10_000
+
+
 def parse_seeds(text: str) -> list[int]:
-    """'0-3' → [0, 1, 2, 3]; '0,5,7' → [0, 5, 7]."""
+    """'0-3' → [0, 1, 2, 3]; '0,5,7' → [0, 5, 7]; seeds from 0 to 2^62, at most MAX_SEEDS of them."""
     try:
-        seeds: list[int] = []
-        for part in text.split(","):
-            low, _, high = part.partition("-")
-            seeds += list(range(int(low), int(high) + 1)) if high else [int(low)]
+        bounds = [(int(low), int(high) if high else int(low)) for low, _, high in
+                  (part.partition("-") for part in text.split(","))]
     except ValueError:
-        raise GuidanceError(f"--seeds {text!r}: write a range like 0-3 or a list like 0,5,7.") from None
-    if not seeds or min(seeds) < 0:
-        raise GuidanceError(f"--seeds {text!r}: seeds are non-negative integers.")
+        raise GuidanceError(f"--seeds {shorten(text)}: write a range like 0-3 or a list like 0,5,7.") from None
+    if any(low < 0 or high > MAX_SEED for low, high in bounds):
+        raise GuidanceError(f"--seeds {shorten(text)}: seeds are integers from 0 to 2^62.")
+    if sum(max(0, high - low + 1) for low, high in bounds) > MAX_SEEDS:
+        raise GuidanceError(f"--seeds {shorten(text)}: at most {MAX_SEEDS} seeds per sweep.")
+    seeds = [seed for low, high in bounds for seed in range(low, high + 1)]
+    if not seeds:
+        raise GuidanceError(f"--seeds {shorten(text)}: no seed in it; write a range like 0-3 or a list like 0,5,7.")
     return seeds
 
 
@@ -156,21 +163,21 @@ def _together(state: Any, step: Callable[[], T]) -> T | None:
     return None if errors else result
 
 
-def _pipeline(cache: dict[str, Any], config: RunConfig, state: Any) -> Any:
+def _pipeline(cache: dict[str, Any], config: RunConfig, state: Any, allow_pickle: bool) -> Any:
     """The (cached) pipeline of a config; with several processes, device `auto` means this process's own GPU."""
     section = config.model
     if section.device == "auto" and state.num_processes > 1 and state.device.type == "cuda":
         section = section.model_copy(update={"device": str(state.device)})
     key = json.dumps(section.model_dump(), sort_keys=True) + config.sampler.scheduler
     if key not in cache:
-        cache[key] = load_model(section, config.sampler.scheduler)
+        cache[key] = load_model(section, config.sampler.scheduler, allow_pickle)
     return cache[key]
 
 
-def _share_with_pipelines(tasks: list[Task], state: Any) -> list[tuple[Any, Task]]:
+def _share_with_pipelines(tasks: list[Task], state: Any, allow_pickle: bool) -> list[tuple[Any, Task]]:
     """This process's share of the tasks, each with its pipeline (loaded once per model and scheduler)."""
     cache: dict[str, Any] = {}
-    return [(_pipeline(cache, task.run.config, state), task)
+    return [(_pipeline(cache, task.run.config, state, allow_pickle), task)
             for task in share(tasks, state.process_index, state.num_processes)]
 
 
@@ -204,7 +211,8 @@ def _write_results(planned: list[tuple[str, RunConfig]], all_runs: list[Run], ax
 
 
 def sweep(data: dict[str, Any], axes: list[tuple[str, list[Any]]], seeds: list[int], out_dir: Path,
-          source: str = "<config>", overwrite: bool = False, progress: bool = True) -> Path | None:
+          source: str = "<config>", overwrite: bool = False, progress: bool = True, allow_pickle: bool = False
+          ) -> Path | None:
     """Generate every cell × seed into out_dir/<cell>/seed-<s>/, then grid.png and sweep.json; returns grid.png.
     Under a distributed launcher every process makes its share; only the main process returns the grid's path."""
     state = _process_state()
@@ -212,7 +220,7 @@ def sweep(data: dict[str, Any], axes: list[tuple[str, list[Any]]], seeds: list[i
     def prepare_share() -> tuple[list[tuple[str, RunConfig]], list[Run], list[tuple[Any, Task]]]:
         planned = cells(data, axes, source)
         all_runs = runs(planned, seeds, out_dir)
-        return planned, all_runs, _share_with_pipelines(pending(all_runs, overwrite), state)
+        return planned, all_runs, _share_with_pipelines(pending(all_runs, overwrite), state, allow_pickle)
 
     prepared = _together(state, prepare_share)  # every process lists the pending calls before any is made
     if prepared is None:

@@ -21,8 +21,9 @@ from typing import Any
 import torch
 from pydantic import PrivateAttr, field_validator
 
-from ..errors import GuidanceError
+from ..errors import GuidanceError, shorten
 from ..plan import StepTable
+from ..yaml_file import is_file
 from .base import Policy
 
 FORMAT = "diffusers-guidance/linear_ag"
@@ -89,10 +90,10 @@ class LinearAG(Policy):
     @field_validator("coefficients")
     @classmethod
     def _exists(cls, value: str) -> str:
-        if not Path(value).is_file():
+        if not is_file(value):
             raise ValueError(
-                f"no coefficient file at {value!r}; fit one with guidance.fit_linear_ag(pipe, spec, path, ...) "
-                "or `guidance fit-linear-ag -c CONFIG --out FILE` for this model, scheduler and step count"
+                f"no coefficient file at {shorten(value, 300)}; fit one with guidance.fit_linear_ag(pipe, spec, path, "
+                "...) or `guidance fit-linear-ag -c CONFIG --out FILE` for this model, scheduler and step count"
             )
         return value
 

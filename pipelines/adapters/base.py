@@ -83,10 +83,26 @@ class Adapter:
         channels = self.prediction_channels()
         return torch.cat([prediction, out[:, channels:]], dim=1) if channels else prediction
 
+    def latents(self, sample: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+        """x_t within the denoiser's input `sample`: its leading part shaped like `prediction`. Inpainting UNets
+        (9 channels) and Flux Fill append mask and masked-image channels after the latents."""
+        for dim, size in enumerate(prediction.shape):
+            if sample.shape[dim] > size:
+                sample = sample.narrow(dim, 0, size)
+        return sample
+
     def zero_output(self, sample: torch.Tensor) -> torch.Tensor:
-        """A zero output for `sample` (both halves of a learned-variance output)."""
-        zero = torch.zeros_like(sample)
-        return torch.cat([zero, zero], dim=1) if self.prediction_channels() else zero
+        """A zero output for the denoiser input `sample`, shaped like the denoiser's output: its channels (dim 1 of
+        images and videos, the last dim of packed tokens) are the config's out_channels (a learned variance doubles
+        them; an inpainting input has more)."""
+        config = self.denoiser.config
+        channels, out = config.get("in_channels"), config.get("out_channels")
+        dim = sample.ndim - 1 if sample.ndim == 3 else 1
+        if not out or out == channels or sample.shape[dim] != channels:
+            return torch.zeros_like(sample)
+        shape = list(sample.shape)
+        shape[dim] = out
+        return sample.new_zeros(shape)
 
     @property
     def output_class(self) -> type:
