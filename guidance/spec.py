@@ -6,6 +6,7 @@ becomes one `GuidanceError` paragraph naming the field, the bad value and what i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import GuidanceError, shorten
+from .plan import StepTable
 from .policies import POLICIES, Policy
 from .policies.always import Always
 from .references import REFERENCES, Reference
@@ -27,6 +29,64 @@ from .yaml_file import read_yaml
 AXES = {"rule": RULES, "reference": REFERENCES, "schedule": SCHEDULES, "policy": POLICIES}
 
 
+class Term(BaseModel):
+    """An extra guidance term: rule(c, r, 1 + s_i) − c added to the main term's guided prediction, r the prediction of
+    a reference built from the conditional rows (a perturbed network, ICG, TSG). Conventions: docs/CONVENTIONS.md §20.
+    `scale` is the term's s (its paper's scale; 0 is off); without one, the reference's default term scale."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    reference: Reference
+    scale: float | None = Field(None, validate_default=True)
+    rule: Rule = Field(default_factory=CFG)
+    schedule: Schedule = Field(default_factory=lambda: SCHEDULES.build("constant"))
+
+    @field_validator("reference", "rule", "schedule", mode="before")
+    @classmethod
+    def _build(cls, value: Any, info: Any) -> Any:
+        if info.field_name == "reference" and isinstance(value, list):
+            value = {"name": "combined", "of": value}
+        return AXES[info.field_name].build(value)
+
+    @field_validator("scale", mode="before")
+    @classmethod
+    def _number(cls, value: Any, info: Any) -> Any:
+        if value is None:
+            reference = info.data.get("reference")
+            default = getattr(reference, "default_term_scale", None)
+            if reference is not None and default is None:
+                raise ValueError(f"a term with reference '{reference.name}' needs its scale s, e.g. scale: 1.0")
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"a term's scale s is a finite number ≥ 0 (0 is off), not {shorten(value)}")
+        return float(value)
+
+    @model_validator(mode="after")
+    def _combination(self) -> Term:
+        if not self.reference.from_condition:
+            raise ValueError(f"reference '{self.reference.name}' cannot be a term: a term contrasts the conditional "
+                             "prediction with a reference built from the same rows (pag, seg, slg, stg, "
+                             "autoguidance, icg, tsg); the negative prompt belongs to the main reference")
+        if self.rule.corrects_sampler:
+            raise ValueError(f"rule '{self.rule.name}' corrects the sampler and can only be the main rule; a term "
+                             "takes cfg, apg or cfg_zero_star")
+        if self.rule.outputs_zero(0):
+            raise ValueError(f"rule '{self.rule.name}' zero-inits the first steps, which only the main rule can do; "
+                             "set zero_init_steps: 0 in a term")
+        return self
+
+    def step_scales(self, steps: StepTable) -> list[float | None]:
+        """s_i of every step (the schedule of 1 + s, minus 1); None where the term is off (s_i = 0)."""
+        return [None if w == 1.0 else w - 1.0 for w in self.schedule.scales(1.0 + self.scale, steps)]
+
+    def to_spec(self) -> dict[str, Any]:
+        return {"reference": self.reference.to_spec(), "scale": self.scale, "rule": self.rule.to_spec(),
+                "schedule": self.schedule.to_spec()}
+
+    def __str__(self) -> str:
+        return f"+ {self.rule}({self.reference}) × {self.schedule}, s={self.scale}"
+
+
 class Guidance(BaseModel):
     """A complete guidance method. Strategies keep their per-run state privately; a session works on a copy."""
 
@@ -38,6 +98,7 @@ class Guidance(BaseModel):
     schedule: Schedule = Field(default_factory=lambda: SCHEDULES.build("constant"))
     policy: Policy = Field(default_factory=Always)
     rescale: float = Field(0.0, ge=0.0, le=1.0, strict=True, description="guidance rescale φ (Lin et al.)")
+    terms: list[Term] = Field(default_factory=list, description="extra terms rule_k(c, r_k, 1 + s_k) − c (§20)")
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -75,12 +136,13 @@ class Guidance(BaseModel):
 
     def to_spec(self) -> dict[str, Any]:
         """A plain mapping that `load` turns back into an equal Guidance."""
-        return {"scale": self.scale, "rule": self.rule.to_spec(), "reference": self.reference.to_spec(),
+        spec = {"scale": self.scale, "rule": self.rule.to_spec(), "reference": self.reference.to_spec(),
                 "schedule": self.schedule.to_spec(), "policy": self.policy.to_spec(), "rescale": self.rescale}
+        return {**spec, "terms": [term.to_spec() for term in self.terms]} if self.terms else spec
 
     def __str__(self) -> str:
         return (f"{self.rule} × {self.reference} × {self.schedule} × {self.policy}, scale={self.scale}"
-                + (f", rescale={self.rescale}" if self.rescale else ""))
+                + (f", rescale={self.rescale}" if self.rescale else "") + "".join(f" {t}" for t in self.terms))
 
 
 def _guidance_section(path: Path) -> Mapping[str, Any]:

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .rules.base import RuleStep
+from .rules.base import Rule, RuleStep
 from .spaces import from_x0, per_sample_cosine, per_sample_norm, to_x0
-from .spec import Guidance
+from .spec import Guidance, Term
 
 
 @dataclass(frozen=True)
@@ -36,15 +36,35 @@ class StepPoint:
 
 
 @dataclass(frozen=True)
+class TermInput:
+    """An active term at a step: its spec, its s_i and its reference prediction D_r of all B samples."""
+
+    term: Term
+    s: float
+    prediction: torch.Tensor
+
+
+@dataclass(frozen=True)
+class TermRecord:
+    """A term's telemetry at a step: its reference's name, s_i, and per sample cos(x̂0_c, x̂0_r), ‖x̂0_c − x̂0_r‖."""
+
+    name: str
+    s: float
+    cosine: torch.Tensor | None = None
+    delta_norm: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
 class GuidedStep:
     """The result of one step.
 
-    prediction: the guided prediction of every sample (D_c where a sample is not guided);
-    reference: every sample's reference prediction, with the guided prediction where none was evaluated, or None
-    when the step is conditional only (CFG++ renoises with it);
+    prediction: the guided prediction of every sample (D_c where nothing guides a sample);
+    reference: every sample's main reference prediction, with the guided prediction where none was evaluated, or
+    None when the main term is conditional only (CFG++ renoises with it);
     branches: ("cond",), ("cond", "reference") or ("cond", "estimate") where LinearAG estimated the reference;
-    reference_rows: the reference rows that were evaluated;
-    cosine, delta_norm: cos(x̂0_c, x̂0_r) and ‖x̂0_c − x̂0_r‖ per guided sample (only with telemetry).
+    reference_rows: the main reference's rows that were evaluated;
+    cosine, delta_norm: cos(x̂0_c, x̂0_r) and ‖x̂0_c − x̂0_r‖ per guided sample (only with telemetry);
+    terms: the active terms' telemetry.
     """
 
     prediction: torch.Tensor
@@ -53,6 +73,7 @@ class GuidedStep:
     reference_rows: int
     cosine: torch.Tensor | None = None
     delta_norm: torch.Tensor | None = None
+    terms: tuple[TermRecord, ...] = ()
 
 
 def rescale_guided(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.Tensor:
@@ -62,12 +83,46 @@ def rescale_guided(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torc
     return phi * rescaled + (1 - phi) * guided
 
 
+def _combine(rule: Rule, w: float, rule_step: RuleStep, point: StepPoint, x: torch.Tensor, cond: torch.Tensor,
+             reference: torch.Tensor, need_x0: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """rule(c, r, w) in the rule's space, returned in the prediction type; and x̂0_c, x̂0_r when needed."""
+    a, s, kind = point.a, point.s, point.prediction_type
+    x0_cond = to_x0(cond, x, a, s, kind) if need_x0 or rule.space == "x0" else None
+    x0_reference = to_x0(reference, x, a, s, kind) if need_x0 or rule.space == "x0" else None
+    if rule.space == "x0":
+        combined = from_x0(rule.combine(x0_cond, x0_reference, w, rule_step), x, a, s, kind).to(cond.dtype)
+    else:
+        combined = rule.combine(cond, reference, w, rule_step)
+    return combined, x0_cond, x0_reference
+
+
+def _contribution(term: TermInput, point: StepPoint, x: torch.Tensor, cond: torch.Tensor,
+                  telemetry: bool) -> tuple[torch.Tensor, TermRecord]:
+    """rule_k(c, r_k, 1 + s_k) − c in the prediction type, for all samples, and the term's telemetry."""
+    rule = term.term.rule
+    rule_step = RuleStep(index=point.index, samples=slice(None), batch_size=point.batch_size)
+    reference = term.prediction.to(cond.dtype)
+    combined, x0_cond, x0_reference = _combine(rule, 1.0 + term.s, rule_step, point, x, cond, reference, telemetry)
+    if rule.space == "x0":  # the difference of two conversions: the affine offset of from_x0 cancels exactly
+        base = from_x0(x0_cond, x, point.a, point.s, point.prediction_type).to(cond.dtype)
+        contribution = combined - base
+    else:
+        contribution = combined - cond
+    record = TermRecord(term.term.reference.name, term.s)
+    if telemetry:
+        record = TermRecord(record.name, record.s, per_sample_cosine(x0_cond, x0_reference),
+                            per_sample_norm(x0_cond - x0_reference).flatten())
+    return contribution, record
+
+
 def guided_step(spec: Guidance, point: StepPoint, w: float | None, x: torch.Tensor, cond: torch.Tensor,
-                reference: torch.Tensor | None, samples: Sequence[int], telemetry: bool = True) -> GuidedStep:
-    """The guided prediction of one step.
+                reference: torch.Tensor | None, samples: Sequence[int], telemetry: bool = True,
+                terms: Sequence[TermInput] = ()) -> GuidedStep:
+    """The guided prediction of one step: main(c, r0, w) + Σ_k [rule_k(c, r_k, 1 + s_k) − c] (§20).
 
     x: the model input x_t of all B samples; cond: D_c of all B samples; reference: D_r of the samples listed in
-    `samples` (in that order), or None; w: the step's scale, None for a conditional-only step.
+    `samples` (in that order), or None; w: the step's scale, None for a conditional-only main term; terms: the
+    active terms, each with its reference's prediction of all B samples.
     """
     index, policy = point.index, spec.policy
     samples = list(samples)
@@ -75,33 +130,37 @@ def guided_step(spec: Guidance, point: StepPoint, w: float | None, x: torch.Tens
     if estimated:
         reference = policy.estimate(index, cond)
         samples = list(range(point.batch_size)) if reference is not None else []
-    if w is None or reference is None or not samples:
-        policy.observe(index, [], cond, None, None)
-        return GuidedStep(cond, None, ("cond",), 0)
+    guided_main = w is not None and reference is not None and bool(samples)
     every = len(samples) == point.batch_size
     rows: slice | torch.Tensor = slice(None) if every else torch.tensor(samples).to(cond.device, non_blocking=True)
-    cond_guided, x_guided = cond[rows], x[rows]
-    reference = reference.to(cond_guided.dtype)
-    a, s, kind = point.a, point.s, point.prediction_type
-    rule = spec.rule
-    need_x0 = rule.space == "x0" or telemetry or policy.uses_cosine
-    x0_cond = to_x0(cond_guided, x_guided, a, s, kind) if need_x0 else None
-    x0_reference = to_x0(reference, x_guided, a, s, kind) if need_x0 else None
-    rule_step = RuleStep(index=index, samples=rows, batch_size=point.batch_size)
-    if rule.space == "x0":
-        combined = from_x0(rule.combine(x0_cond, x0_reference, w, rule_step), x_guided, a, s, kind)
-        combined = combined.to(cond_guided.dtype)
+    cosine = delta_norm = None
+    prediction, main_reference = cond, None
+    if guided_main:
+        reference = reference.to(cond.dtype)
+        need_x0 = telemetry or policy.uses_cosine
+        rule_step = RuleStep(index=index, samples=rows, batch_size=point.batch_size)
+        combined, x0_cond, x0_reference = _combine(spec.rule, w, rule_step, point, x[rows], cond[rows], reference,
+                                                   need_x0)
+        if need_x0:
+            cosine = per_sample_cosine(x0_cond, x0_reference)
+            delta_norm = per_sample_norm(x0_cond - x0_reference).flatten() if telemetry else None
+        prediction = combined if every else cond.index_copy(0, rows, combined)
+        policy.observe(index, samples, cond, reference, cosine)
     else:
-        combined = rule.combine(cond_guided, reference, w, rule_step)
-    if spec.rescale:
-        combined = rescale_guided(combined, cond_guided, spec.rescale)
-    cosine = per_sample_cosine(x0_cond, x0_reference) if need_x0 else None
-    prediction = combined if every else cond.index_copy(0, rows, combined)
-    policy.observe(index, samples, cond, reference, cosine)
+        policy.observe(index, [], cond, None, None)
+    records = []
+    for term in terms:
+        contribution, record = _contribution(term, point, x, cond, telemetry)
+        prediction = prediction + contribution
+        records.append(record)
+    if spec.rescale and (terms or (guided_main and every)):
+        prediction = rescale_guided(prediction, cond, spec.rescale)
+    elif spec.rescale and guided_main:  # only the guided samples
+        prediction = prediction.index_copy(0, rows, rescale_guided(prediction[rows], cond[rows], spec.rescale))
+    if guided_main:
+        main_reference = reference if every else prediction.index_copy(0, rows, reference)
     return GuidedStep(
-        prediction=prediction,
-        reference=reference if every else prediction.index_copy(0, rows, reference),
-        branches=("cond", "estimate" if estimated else "reference"),
-        reference_rows=0 if estimated else len(samples),
-        cosine=cosine if telemetry else None,
-        delta_norm=per_sample_norm(x0_cond - x0_reference).flatten() if telemetry else None)
+        prediction=prediction, reference=main_reference,
+        branches=("cond", "estimate" if estimated else "reference") if guided_main else ("cond",),
+        reference_rows=len(samples) if guided_main and not estimated else 0,
+        cosine=cosine if telemetry else None, delta_norm=delta_norm, terms=tuple(records))

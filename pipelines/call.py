@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from guidance.references.base import Reference
 
 Rows = slice | torch.Tensor
 Path = tuple[str, ...]
@@ -53,6 +56,11 @@ def with_first_output(out: Any, tensor: torch.Tensor) -> Any:
         return (tensor, *out[1:])
     key = next(iter(out.keys()))
     return type(out)(**{**out, key: tensor})
+
+
+def take_rows(value: Any, rows: Rows, batch: int) -> Any:
+    """`value` (a tensor, or arguments holding tensors) with every `batch`-row tensor cut to `rows`."""
+    return _take(value, rows, batch, frozenset())
 
 
 class DenoiserCall:
@@ -124,6 +132,15 @@ class DenoiserCall:
     def run(self, forward: Callable[..., Any]) -> Any:
         keywords = {k: v for k, v in self.arguments.items() if k not in self.positional}
         return forward(*(self.arguments[name] for name in self.positional), **keywords)
+
+
+@dataclass
+class Group:
+    """Rows of a step's evaluation with one purpose: `reference` (if any) prepares their conditions (icg) and its
+    perturbation degrades the network for them (pag, slg, tsg, …); None: evaluated as given."""
+
+    call: DenoiserCall
+    reference: Reference | None = None
 
 
 class RowView:

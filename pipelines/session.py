@@ -21,13 +21,14 @@ from guidance.errors import GuidanceError
 from guidance.plan import StepTable
 from guidance.samplers import SamplerCorrection, correction_for
 from guidance.spaces import per_sample_norm
-from guidance.spec import Guidance, load
-from guidance.step import GuidedStep, StepPoint, guided_step
+from guidance.spec import Guidance, Term, load
+from guidance.step import GuidedStep, StepPoint, TermInput, guided_step
 from guidance.telemetry import StepRecord
 
 from .adapters import adapter_for
 from .caches import caches_on, check_run, check_spec
-from .call import DenoiserCall, RowView, first_output, with_first_output
+from .call import DenoiserCall, Group, RowView, first_output, with_first_output
+from .perturbations import Perturbation, RowDispatch, RowScope, perturbation_for
 from .stepping import step_table
 
 
@@ -52,6 +53,7 @@ class Run:
 
     table: StepTable
     scales: list[float | None]
+    term_scales: list[list[float | None]] = field(default_factory=list)  # per term, s_i of every step
     step: int | None = None  # index into the scheduler's timesteps, located at the first denoiser call
     batch_size: int = 0  # samples in the pipeline's batch
     calls: int = 0  # denoiser calls seen in this step
@@ -81,9 +83,10 @@ class Session:
         self._calls = 0
         self._runs: list[Run] = []
         self._patches: list[tuple[Any, str, bool, Any]] = []
-        self._hooks: list[Any] = []
-        self._perturbed: tuple[slice, float] | None = None  # TSG: the reference rows and t of the current call
-        self._time_noise: torch.Tensor | None = None
+        self._scope = RowScope()
+        references = [self.guidance.reference, *(term.reference for term in self.guidance.terms)]
+        found = ((id(r), perturbation_for(r, self.adapter, self._scope)) for r in references)
+        self._perturbations: dict[int, Perturbation] = {key: p for key, p in found if p is not None}
         self._scheduler = pipe.scheduler
         self._correction: SamplerCorrection | None = None
         if self.guidance.rule.corrects_sampler:
@@ -119,17 +122,17 @@ class Session:
             self._set_timesteps = self._patch(self._scheduler, "set_timesteps", self._on_set_timesteps)
             self._step = self._patch(self._scheduler, "step", self._on_step)
             self._step_signature = _method_signature(self._scheduler, "step")
-            if self.guidance.reference.perturbs_time_embedding:
-                self._hooks = [m.register_forward_hook(self._perturb_time) for m in self.adapter.time_embedders()]
+            dispatches: dict[tuple[int, str], RowDispatch] = {}
+            for perturbation in self._perturbations.values():
+                perturbation.install(dispatches)
         except BaseException:
             self.__exit__(None, None, None)
             raise
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for handle in self._hooks:
-            handle.remove()
-        self._hooks = []
+        for perturbation in reversed(list(self._perturbations.values())):
+            perturbation.remove()
         for obj, name, had, old in reversed(self._patches):
             if had:
                 setattr(obj, name, old)
@@ -169,11 +172,12 @@ class Session:
         self._keep_forward_routed()
         table = step_table(self._scheduler)
         spec = self.guidance
-        self.current_run = Run(table=table, scales=spec.rule.step_scales(spec.scale, spec.schedule, table))
+        self.current_run = Run(table=table, scales=spec.rule.step_scales(spec.scale, spec.schedule, table),
+                               term_scales=[term.step_scales(table) for term in spec.terms])
         check_run(self._caches, spec, self.current_run.scales)
         self._runs.append(self.current_run)
-        spec.rule.reset()
-        spec.reference.reset()
+        for strategy in (spec.rule, spec.reference, *(x for term in spec.terms for x in (term.rule, term.reference))):
+            strategy.reset()
         if self._correction is not None:
             self._correction.reset()
         return result
@@ -224,17 +228,6 @@ class Session:
         run.batch_size, run.rows_before = self.adapter.batch_size(call), self._rows
         self.guidance.policy.reset(run.batch_size, run.table)
 
-    def _perturb_time(self, module: Any, inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
-        if self._perturbed is None:
-            return None
-        rows, t = self._perturbed
-        if self._time_noise is None:
-            noise = self.guidance.reference.time_noise(output[rows].shape, t)
-            self._time_noise = noise.to(output.device, output.dtype, non_blocking=True)
-        perturbed = output.clone()
-        perturbed[rows] = perturbed[rows] + self._time_noise
-        return perturbed
-
     # ---------------------------------------------------------------- services of the adapters' call protocols
 
     def plan(self) -> tuple[float | None, list[int]]:
@@ -247,35 +240,69 @@ class Session:
         """Whether the current step outputs 0 without any evaluation (CFG-Zero*'s zero-init)."""
         return w is not None and self.guidance.rule.outputs_zero(self.current_run.step)
 
-    def evaluate(self, call: DenoiserCall, perturbed_rows: slice | None = None) -> Any:
-        """Run the original denoiser forward on `call`; TSG perturbs the time embedding of `perturbed_rows`."""
+    def active_terms(self) -> list[tuple[Term, float]]:
+        """The terms active at the current step (s_i ≠ 0), with their s_i."""
+        run = self.current_run
+        return [(term, scales[run.step]) for term, scales in zip(self.guidance.terms, run.term_scales, strict=True)
+                if scales[run.step] is not None]
+
+    def evaluate(self, call: DenoiserCall) -> Any:
+        """Run the original denoiser forward on `call` as it is."""
         self._rows += call.batch
         self._calls += 1
-        if perturbed_rows is None or perturbed_rows.stop == perturbed_rows.start:
-            return call.run(self._forward_original)
+        return call.run(self._forward_original)
+
+    def evaluate_groups(self, groups: list[Group]) -> tuple[Any, list[torch.Tensor]]:
+        """Evaluate the groups of a step: those on the denoiser in ONE call — each reference prepares its own rows and
+        its perturbation touches only them — and those whose reference brings its own network (autoguidance) in a
+        call of that network. Returns the denoiser call's output and each group's output rows."""
+        own = [g for g in groups if self._network_of(g) is None]
+        joined = DenoiserCall.concat([g.call for g in own]) if len(own) > 1 else own[0].call
+        bounds, start = [], 0
+        for group in own:
+            bounds.append(slice(start, start + group.call.batch))
+            start += group.call.batch
         run = self.current_run
-        self._perturbed = (perturbed_rows, run.table.timesteps[run.step] / run.table.num_train_timesteps)
-        self._time_noise = None
+        t = run.table.timesteps[run.step] / run.table.num_train_timesteps
+        active = []
+        for group, rows in zip(own, bounds, strict=True):
+            if group.reference is not None:
+                group.reference.prepare(RowView(joined, rows, self.adapter, self.pipe))
+                perturbation = self._perturbations.get(id(group.reference))
+                if perturbation is not None:
+                    perturbation.rows, perturbation.t = rows, t
+                    perturbation.start_call()
+                    active.append(perturbation)
+        self._rows += joined.batch
+        self._calls += 1
         try:
-            return call.run(self._forward_original)
+            with self._scope.within(0, joined.batch):
+                out = joined.run(self._forward_original)
         finally:
-            self._perturbed = None
+            for perturbation in active:
+                perturbation.rows = None
+        first = first_output(out)
+        outputs = iter([first[rows] for rows in bounds])
+        results = []
+        for group in groups:
+            network = self._network_of(group)
+            if network is None:
+                results.append(next(outputs))
+                continue
+            self._rows += group.call.batch
+            self._calls += 1
+            results.append(first_output(group.call.run(network)))
+        return out, results
+
+    def _network_of(self, group: Group) -> Any:
+        perturbation = None if group.reference is None else self._perturbations.get(id(group.reference))
+        return None if perturbation is None else perturbation.network
 
     def reference_call(self, call: DenoiserCall, rows: slice, samples: list[int]) -> DenoiserCall:
         """The rows `rows` of `call` restricted to `samples` (indices into the pipeline's batch)."""
         if len(samples) == self.current_run.batch_size:
             return call.take(rows)
         return call.take(torch.tensor([rows.start + b for b in samples]).to(call.sample.device, non_blocking=True))
-
-    def evaluate_with_reference(self, cond: DenoiserCall, reference: DenoiserCall) -> tuple[Any, torch.Tensor,
-                                                                                               torch.Tensor]:
-        """One call over the conditional rows and reference rows built from them (icg, tsg); (output, c, r)."""
-        joined = DenoiserCall.concat([cond, reference])
-        rows = slice(cond.batch, joined.batch)
-        self.guidance.reference.prepare(RowView(joined, rows, self.adapter, self.pipe))
-        out = self.evaluate(joined, rows if self.guidance.reference.perturbs_time_embedding else None)
-        first = first_output(out)
-        return out, first[:cond.batch], first[cond.batch:]
 
     def output(self, call: DenoiserCall, tensor: torch.Tensor) -> Any:
         """A denoiser output holding `tensor`, in the form the pipeline asked for (return_dict or tuple)."""
@@ -290,16 +317,19 @@ class Session:
         return zero
 
     def guide(self, w: float | None, x: torch.Tensor, cond: torch.Tensor, reference: torch.Tensor | None,
-              samples: list[int]) -> torch.Tensor:
-        """The guided output of the B samples (all output channels) from the raw outputs of the branches."""
+              samples: list[int], terms: list[tuple[Term, float, torch.Tensor]] = ()) -> torch.Tensor:
+        """The guided output of the B samples (all output channels) from the raw outputs of the branches; `terms`:
+        the active terms with their s_i and their reference's raw output."""
         run = self.current_run
         k = run.step
         point = StepPoint(index=k, batch_size=run.batch_size, a=run.table.a[k], s=run.table.s[k],
                           prediction_type=run.table.prediction_type)
         prediction = self.adapter.prediction
         cond_prediction = prediction(cond)
+        term_inputs = [TermInput(term, s, prediction(output)) for term, s, output in terms]
         step = guided_step(self.guidance, point, w, self.adapter.latents(x, cond_prediction), cond_prediction,
-                           None if reference is None else prediction(reference), samples, self.telemetry)
+                           None if reference is None else prediction(reference), samples, self.telemetry,
+                           term_inputs)
         if self._correction is not None and step.reference is not None:
             run.correction = (step.reference, step.prediction)
         self._record(w, step)
@@ -311,4 +341,4 @@ class Session:
         run.records.append(StepRecord(
             run=len(self._runs) - 1, step=k, t=run.table.timesteps[k], sigma=run.table.sigma[k],
             w=1.0 if w is None else w, branches=step.branches, reference_rows=step.reference_rows,
-            cosine=step.cosine, delta_norm=step.delta_norm))
+            cosine=step.cosine, delta_norm=step.delta_norm, terms=step.terms))

@@ -4,11 +4,14 @@ from ..registry import Registry
 from .base import Reference, ReferenceRows
 from .combined import Combined
 from .icg import ICG
+from .pag import PAG
+from .slg import SLG
+from .stg import STG
 from .tsg import TSG
 from .uncond import Uncond
 
 REFERENCES: Registry[Reference] = Registry("reference")
-for _cls in (Uncond, ICG, TSG, Combined):
+for _cls in (Uncond, ICG, TSG, Combined, PAG, SLG, STG):
     REFERENCES.register(_cls)
 
 __all__ = ["REFERENCES", "Reference", "ReferenceRows"]

@@ -43,6 +43,7 @@ class Reference(Strategy):
 
     from_condition: ClassVar[bool] = False
     perturbs_time_embedding: ClassVar[bool] = False
+    default_term_scale: ClassVar[float | None] = None  # s when a term gives none (the paper's); None: required
 
     def reset(self) -> None:
         """Forget per-run state (called at the start of every pipeline call)."""
@@ -63,3 +64,13 @@ class SeededReference(Reference):
 
     def reset(self) -> None:
         self._generator = torch.Generator().manual_seed(self.seed)
+
+
+class PerturbedReference(Reference):
+    """A degraded copy of the conditional prediction: the conditional rows' inputs through a perturbed network
+    (docs/CONVENTIONS.md §21). `perturbation` names what the integration does to the network for these rows;
+    `layer_kind` says what `layers` index: "attention" (pag_applied_layers ids) or "blocks" (main block list)."""
+
+    from_condition: ClassVar[bool] = True
+    perturbation: ClassVar[str]
+    layer_kind: ClassVar[str] = "attention"

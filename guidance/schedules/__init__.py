@@ -4,11 +4,13 @@ from ..registry import Registry
 from .base import Schedule
 from .clamps import CLAMP_SCHEDULES
 from .interval import Interval
+from .pag_adaptive import PAGAdaptive
 from .pcs import PCS
 from .shapes import SHAPE_SCHEDULES
+from .steps import Steps
 
 SCHEDULES: Registry[Schedule] = Registry("schedule")
-for _cls in (*SHAPE_SCHEDULES, *CLAMP_SCHEDULES, PCS, Interval):
+for _cls in (*SHAPE_SCHEDULES, *CLAMP_SCHEDULES, PCS, Interval, Steps, PAGAdaptive):
     SCHEDULES.register(_cls)
 
 __all__ = ["SCHEDULES", "Schedule"]

@@ -42,3 +42,16 @@ class AbsoluteSchedule(Schedule):
             f"The schedule '{self.name}' sets the guidance weight in units of w − 1 and has no meaning for "
             "CFG++'s λ. Use a shape schedule (constant, linear, cosine, …) or interval with cfgpp."
         )
+
+
+class WindowSchedule(Schedule):
+    """Guides at full strength on the steps of a window and not at all outside it (w_i = 1 there)."""
+
+    def inside(self, steps: StepTable) -> list[bool]:
+        raise NotImplementedError
+
+    def scales(self, w: float, steps: StepTable) -> list[float]:
+        return [w if inside else 1.0 for inside in self.inside(steps)]
+
+    def factors(self, steps: StepTable) -> list[float | None]:
+        return [1.0 if inside else None for inside in self.inside(steps)]

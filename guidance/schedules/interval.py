@@ -13,10 +13,10 @@ import math
 from pydantic import Field, model_validator
 
 from ..plan import StepTable
-from .base import Schedule
+from .base import WindowSchedule
 
 
-class Interval(Schedule):
+class Interval(WindowSchedule):
     """Guide only while sigma_lo < σ ≤ sigma_hi."""
 
     name = "interval"
@@ -32,11 +32,5 @@ class Interval(Schedule):
             raise ValueError(f"sigma_lo ({self.sigma_lo}) must be below sigma_hi ({self.sigma_hi})")
         return self
 
-    def _inside(self, steps: StepTable) -> list[bool]:
+    def inside(self, steps: StepTable) -> list[bool]:
         return [self.sigma_lo < sigma <= self.sigma_hi for sigma in steps.sigma]
-
-    def scales(self, w: float, steps: StepTable) -> list[float]:
-        return [w if inside else 1.0 for inside in self._inside(steps)]
-
-    def factors(self, steps: StepTable) -> list[float | None]:
-        return [1.0 if inside else None for inside in self._inside(steps)]

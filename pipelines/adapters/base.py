@@ -6,6 +6,7 @@ its call protocol: `DoubledBatchAdapter` (adapters/doubled.py) or `SeparateCalls
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -15,6 +16,7 @@ from torch import nn
 from guidance.errors import GuidanceError
 
 from ..call import DenoiserCall, Path
+from .layers import attention_layers, indexed_blocks
 
 if TYPE_CHECKING:
     from ..session import Run, Session
@@ -39,6 +41,9 @@ class Adapter:
     class_field: ClassVar[Path | None] = None
     skip_keys: ClassVar[frozenset[str]] = frozenset()
     timestep_scale: ClassVar[float] = 1.0  # denoiser timestep argument × this = the scheduler's timestep
+    pag_layers: ClassVar[tuple[str, ...]] = ()  # default `layers` of pag and seg: diffusers' PAG default, or ours
+    block_lists: ClassVar[tuple[str, ...]] = ()  # the denoiser's main block list(s), for slg and stg
+    skip_layers: ClassVar[tuple[int, ...]] = ()  # default `layers` of slg and stg
 
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
@@ -64,6 +69,32 @@ class Adapter:
     def scheduler_batch(self, latents: torch.Tensor, rows: int) -> torch.Tensor:
         """The B-sample latents as the `rows`-row batch the pipeline steps through its scheduler."""
         return latents
+
+    # ---------------------------------------------------------------- layers a perturbation changes
+
+    def attention_layers(self, layers: Sequence[str] | None, method: str) -> list[nn.Module]:
+        """The self-attention modules `layers` names (pag_applied_layers ids; None: the family's default)."""
+        chosen = self.pag_layers if layers is None else layers
+        if not chosen:
+            raise GuidanceError(f"{method} has no default layers for {type(self.pipe).__name__}: give `layers`, "
+                                "diffusers' pag_applied_layers ids of its self-attention (e.g. ['blocks.1']).")
+        return attention_layers(self.denoiser, chosen, method)
+
+    def blocks(self, layers: Sequence[int] | None, method: str) -> list[nn.Module]:
+        """The main-list blocks `layers` indexes (None: the family's default)."""
+        if not self.block_lists:
+            raise GuidanceError(f"{method} skips transformer blocks, and the {type(self.denoiser).__name__} of "
+                                f"{type(self.pipe).__name__} has no block list; use pag or seg, which perturb its "
+                                "self-attention.")
+        chosen = self.skip_layers if layers is None else layers
+        if not chosen:
+            raise GuidanceError(f"{method} has no default layers for {type(self.pipe).__name__}: give `layers`, "
+                                "block indices of its main block list.")
+        return indexed_blocks(self.denoiser, self.block_lists, chosen, method)
+
+    def block_passthrough(self, arguments: dict[str, Any]) -> Any:
+        """A skipped block's output: its input (blocks of joint-attention families return both streams)."""
+        return arguments["hidden_states"]
 
     # ---------------------------------------------------------------- outputs
 

@@ -21,6 +21,9 @@ from .doubled import DoubledBatchAdapter
 
 class DiTAdapter(DoubledBatchAdapter):
     denoiser_attr = "transformer"
+    pag_layers = ("blocks.1",)  # our choice, as PixArt's (no published default for DiT)
+    block_lists = ("transformer_blocks",)
+    skip_layers = (14,)  # our choice: the middle of DiT-XL/2's 28 blocks
     cond_first = True
     embedding_fields = ()
     class_field = ("class_labels",)

@@ -16,7 +16,7 @@ import torch
 
 from guidance.errors import GuidanceError
 
-from ..call import DenoiserCall, first_output, with_first_output
+from ..call import DenoiserCall, Group, with_first_output
 from .base import Adapter
 
 if TYPE_CHECKING:
@@ -57,16 +57,23 @@ class DoubledBatchAdapter(Adapter):
             zero = session.zero(x)
             return session.output(call, torch.cat([zero, zero]))
         reference = session.guidance.reference
-        if len(samples) == batch and not reference.from_condition:
-            out = session.evaluate(call)
-            first = first_output(out)
-            cond, reference_prediction = first[cond_rows], first[reference_rows]
-        elif samples:
-            source = cond_rows if reference.from_condition else reference_rows
-            out, cond, reference_prediction = session.evaluate_with_reference(
-                call.take(cond_rows), session.reference_call(call, source, samples))
+        cond_call = call.take(cond_rows)
+        own_batch = w is not None and len(samples) == batch and not reference.from_condition
+        if own_batch:  # the pipeline's own [uncond; cond] rows, in its order
+            groups = [Group(call)]
         else:
-            out = session.evaluate(call.take(cond_rows))
-            cond, reference_prediction = first_output(out), None
-        guided = session.guide(w, x, cond, reference_prediction, samples)
+            groups = [Group(cond_call)]
+            if samples:
+                source = cond_rows if reference.from_condition else reference_rows
+                groups.append(Group(session.reference_call(call, source, samples), reference))
+        terms = session.active_terms()
+        groups += [Group(cond_call, term.reference) for term, _ in terms]
+        out, outputs = session.evaluate_groups(groups)
+        if own_batch:
+            cond, reference_prediction = outputs[0][cond_rows], outputs[0][reference_rows]
+        else:
+            cond, reference_prediction = outputs[0], outputs[1] if samples else None
+        term_outputs = outputs[len(outputs) - len(terms):]
+        guided = session.guide(w, x, cond, reference_prediction, samples,
+                               [(term, s, output) for (term, s), output in zip(terms, term_outputs, strict=True)])
         return with_first_output(out, torch.cat([guided, guided]))

@@ -21,6 +21,13 @@ class FluxAdapter(SeparateCallsAdapter):
     embedding_fields = (("encoder_hidden_states",), ("pooled_projections",))
     skip_keys = frozenset({"img_ids", "txt_ids"})
     timestep_scale = 1000.0
+    block_lists = ("transformer_blocks", "single_transformer_blocks")
+    # ComfyUI's SkipLayerGuidanceDiT defaults for Flux (double blocks 7, 8, 9 and single blocks 7, 8, 9), indexed into
+    # the double blocks then the single blocks of Flux.1's 19 + 38
+    skip_layers = (7, 8, 9, 26, 27, 28)
+
+    def block_passthrough(self, arguments: dict[str, Any]) -> Any:
+        return arguments["encoder_hidden_states"], arguments["hidden_states"]
 
     def time_embedders(self) -> list[nn.Module]:
         return [self.denoiser.time_text_embed.timestep_embedder]

@@ -14,6 +14,9 @@ from .doubled import DoubledBatchAdapter
 
 class PixArtAdapter(DoubledBatchAdapter):
     denoiser_attr = "transformer"
+    pag_layers = ("blocks.1",)  # diffusers' PixArtSigmaPAGPipeline default (it also matches blocks 10–19)
+    block_lists = ("transformer_blocks",)
+    skip_layers = (14,)  # our choice: the middle of PixArt's 28 blocks (diffusers' PAG example uses block 14)
 
     def time_embedders(self) -> list[nn.Module]:
         return [self.denoiser.adaln_single.emb.timestep_embedder]

@@ -18,7 +18,7 @@ import torch
 
 from guidance.errors import GuidanceError
 
-from ..call import DenoiserCall, first_output, with_first_output
+from ..call import DenoiserCall, Group, first_output, with_first_output
 from .base import Adapter
 
 if TYPE_CHECKING:
@@ -28,12 +28,13 @@ if TYPE_CHECKING:
 @dataclass
 class AwaitingNegative:
     """The first call of an `uncond` step, waiting for the negative call: x_t, its output tensor, the guided
-    samples and the step's scale."""
+    samples, the step's scale and the active terms' outputs."""
 
     x: torch.Tensor
     cond: torch.Tensor
     samples: list[int]
     w: float | None
+    terms: list[tuple[Any, float, torch.Tensor]]
 
 
 class SeparateCallsAdapter(Adapter):
@@ -53,17 +54,21 @@ class SeparateCallsAdapter(Adapter):
             run.carried = session.zero(call.sample)
             return session.output(call, run.carried)
         reference = session.guidance.reference
+        everyone = slice(0, run.batch_size)
+        groups = [Group(call)]
+        if samples and reference.from_condition:
+            groups.append(Group(session.reference_call(call, everyone, samples), reference))
+        terms = session.active_terms()
+        groups += [Group(call, term.reference) for term, _ in terms]
+        out, outputs = session.evaluate_groups(groups)
+        cond = outputs[0]
+        term_outputs = [(term, s, output) for (term, s), output in
+                        zip(terms, outputs[len(outputs) - len(terms):], strict=True)]
         if samples and not reference.from_condition:
-            out = session.evaluate(call)
-            run.carried = AwaitingNegative(call.sample, first_output(out), samples, w)
-            return out
-        if samples:
-            out, cond, reference_prediction = session.evaluate_with_reference(
-                call, session.reference_call(call, slice(0, run.batch_size), samples))
-        else:
-            out = session.evaluate(call)
-            cond, reference_prediction = first_output(out), None
-        run.carried = session.guide(w, call.sample, cond, reference_prediction, samples)
+            run.carried = AwaitingNegative(call.sample, cond, samples, w, term_outputs)
+            return with_first_output(out, cond)
+        reference_prediction = outputs[1] if samples else None
+        run.carried = session.guide(w, call.sample, cond, reference_prediction, samples, term_outputs)
         return with_first_output(out, run.carried)
 
     def _negative_call(self, session: Session, call: DenoiserCall) -> Any:
@@ -72,7 +77,8 @@ class SeparateCallsAdapter(Adapter):
         if not isinstance(awaiting, AwaitingNegative):  # the step's output is known: nothing to evaluate
             return session.output(call, awaiting)
         out = session.evaluate(session.reference_call(call, slice(0, run.batch_size), awaiting.samples))
-        guided = session.guide(awaiting.w, awaiting.x, awaiting.cond, first_output(out), awaiting.samples)
+        guided = session.guide(awaiting.w, awaiting.x, awaiting.cond, first_output(out), awaiting.samples,
+                               awaiting.terms)
         awaiting.cond.copy_(guided)  # the pipeline's conditional prediction becomes g (see the module docstring)
         run.carried = awaiting.cond
         return with_first_output(out, awaiting.cond)

@@ -22,6 +22,7 @@ class UNetAdapter(DoubledBatchAdapter):
     """Any pipeline whose `unet` sees the doubled [uncond; cond] batch."""
 
     class_field = ("class_labels",)
+    pag_layers = ("mid",)  # diffusers' StableDiffusionPAGPipeline / StableDiffusionXLPAGPipeline default
 
     @property
     def condition_kind(self) -> str:
