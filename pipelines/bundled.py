@@ -9,4 +9,5 @@ MODELS_FOLDER = Path(__file__).parent / "models"
 BUNDLED: dict[str, Path] = {
     "digits": MODELS_FOLDER / "digits",
     "digits-no-dropout": MODELS_FOLDER / "digits-no-dropout",
+    "digits-weak": MODELS_FOLDER / "digits-weak",  # autoguidance's guiding model: width 8, 1200 steps
 }

@@ -213,6 +213,11 @@ class Session:
         run = self.current_run
         if run is None or (run.step is not None and run.step >= len(run.table)):
             return self.evaluate(call)
+        if call.get(("skip_layers",)) is not None:
+            raise GuidanceError(
+                "The pipeline's own skip-layer guidance (skip_guidance_layers) would build its term from the guided "
+                "prediction. Put it in the spec instead: terms: [{reference: {name: slg, layers: [7, 8, 9]}, scale: "
+                "2.8, schedule: {name: steps, start: 0.01, stop: 0.2}}], and drop skip_guidance_layers.")
         if run.step is None:
             self._locate(call)
         run.calls += 1
@@ -271,6 +276,7 @@ class Session:
                 perturbation = self._perturbations.get(id(group.reference))
                 if perturbation is not None:
                     perturbation.rows, perturbation.t = rows, t
+                    perturbation.latent_size = tuple(joined.sample.shape[-2:])
                     perturbation.start_call()
                     active.append(perturbation)
         self._rows += joined.batch

@@ -48,6 +48,7 @@ class Perturbation:
         self.reference, self.adapter, self.scope = reference, adapter, scope
         self.rows: slice | None = None
         self.t = 0.0  # the step's timestep / num_train_timesteps
+        self.latent_size = (1, 1)  # height and width of the call's latents (image and video denoisers)
         self._undo: list[Callable[[], None]] = []
 
     @property
