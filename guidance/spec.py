@@ -29,6 +29,13 @@ from .yaml_file import read_yaml
 AXES = {"rule": RULES, "reference": REFERENCES, "schedule": SCHEDULES, "policy": POLICIES}
 
 
+def build_axis(axis: str, value: Any) -> Any:
+    """A strategy of `axis` from a name, a mapping or an instance; a list of references is their combination."""
+    if axis == "reference" and isinstance(value, list):
+        value = {"name": "combined", "of": value}  # `reference: [icg, tsg]`
+    return AXES[axis].build(value)
+
+
 class Term(BaseModel):
     """An extra guidance term: rule(c, r, 1 + s_i) − c added to the main term's guided prediction, r the prediction of
     a reference built from the conditional rows (a perturbed network, ICG, TSG). Conventions: docs/CONVENTIONS.md §20.
@@ -41,22 +48,18 @@ class Term(BaseModel):
     rule: Rule = Field(default_factory=CFG)
     schedule: Schedule = Field(default_factory=lambda: SCHEDULES.build("constant"))
 
-    @field_validator("reference", "rule", "schedule", mode="before")
-    @classmethod
-    def _build(cls, value: Any, info: Any) -> Any:
-        if info.field_name == "reference" and isinstance(value, list):
-            value = {"name": "combined", "of": value}
-        return AXES[info.field_name].build(value)
+    _build = field_validator("reference", "rule", "schedule", mode="before")(classmethod(
+        lambda cls, value, info: build_axis(info.field_name, value)))
 
     @field_validator("scale", mode="before")
     @classmethod
-    def _number(cls, value: Any, info: Any) -> Any:
+    def _term_scale(cls, value: Any, info: Any) -> float | None:
+        """s: a finite number ≥ 0, or the reference's default term scale (the paper's)."""
+        reference = info.data.get("reference")
+        if value is None and reference is not None and reference.default_term_scale is None:
+            raise ValueError(f"a term with reference '{reference.name}' needs its scale s, e.g. scale: 1.0")
         if value is None:
-            reference = info.data.get("reference")
-            default = getattr(reference, "default_term_scale", None)
-            if reference is not None and default is None:
-                raise ValueError(f"a term with reference '{reference.name}' needs its scale s, e.g. scale: 1.0")
-            return default
+            return getattr(reference, "default_term_scale", None)
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
             raise ValueError(f"a term's scale s is a finite number ≥ 0 (0 is off), not {shorten(value)}")
         return float(value)
@@ -107,12 +110,8 @@ class Guidance(BaseModel):
             problems = explain(error, lambda path: f"'{'.'.join(path)}'", lambda path: list(Guidance.model_fields))
             raise GuidanceError(" ".join(problems)) from None
 
-    @field_validator("rule", "reference", "schedule", "policy", mode="before")
-    @classmethod
-    def _build(cls, value: Any, info: Any) -> Any:
-        if info.field_name == "reference" and isinstance(value, list):
-            value = {"name": "combined", "of": value}  # `reference: [icg, tsg]`
-        return AXES[info.field_name].build(value)
+    _build = field_validator("rule", "reference", "schedule", "policy", mode="before")(classmethod(
+        lambda cls, value, info: build_axis(info.field_name, value)))
 
     @field_validator("scale", mode="before")
     @classmethod

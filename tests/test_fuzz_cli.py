@@ -46,7 +46,12 @@ def section(fields: dict[str, st.SearchStrategy]) -> st.SearchStrategy:
 GUIDANCE = section({"scale": st.floats(-2, 30), "rule": st.sampled_from(["cfg", "apg", "cfgpp", "cfg_zero_star"]),
                     "reference": st.sampled_from(["uncond", "icg", "tsg", ["icg", "tsg"]]),
                     "schedule": st.sampled_from(["constant", "linear", "interval", "clamp_cosine"]),
-                    "policy": st.sampled_from(["always", "adaptive"]), "rescale": st.floats(-1, 2)})
+                    "policy": st.sampled_from(["always", "adaptive"]), "rescale": st.floats(-1, 2),
+                    "terms": st.lists(section({"reference": st.sampled_from(["tsg", "pag", "slg", "uncond", "icg",
+                                                                             {"name": "autoguidance",
+                                                                              "model": "digits-weak"}]),
+                                               "scale": st.floats(-1, 4), "schedule": st.sampled_from(["steps"])}),
+                                      max_size=2)})
 RUN_CONFIGS = section({
     "model": section({"path": WORDS, "dtype": st.sampled_from(["float32", "bfloat16"]), "device": WORDS}),
     "sampler": section({"scheduler": st.sampled_from(["default", "ddim", "euler", "ddpm", "flow_euler"]),

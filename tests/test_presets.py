@@ -19,13 +19,23 @@ from conftest import output_tensor, strip_scales
 PRESETS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 FAMILIES = {"stabilityai/stable-diffusion-xl-base-1.0": "sdxl", "stabilityai/stable-diffusion-2-1": "sd",
             "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd", "facebook/DiT-XL-2-256": "dit",
-            "stabilityai/stable-diffusion-3-medium-diffusers": "sd3"}
+            "stabilityai/stable-diffusion-3-medium-diffusers": "sd3", "stabilityai/stable-diffusion-3.5-medium": "sd3"}
 
 
 def test_presets_cover_the_methods_and_families() -> None:
     names = {p.stem for p in PRESETS}
     assert {"sdxl-apg", "sd21-apg", "dit-apg", "sd15-cfgpp", "sdxl-ag", "sdxl-apg-linear-schedule-ag", "dit-icg-tsg",
-            "digits-cfg"} <= names
+            "digits-cfg", "sdxl-pag", "sd35-slg", "sdxl-apg-pag", "digits-autoguidance"} <= names
+
+
+def on_tiny_blocks(spec: guidance.Guidance, pipe) -> dict:
+    """The spec with block indices beyond the tiny transformer's (SD3.5's 7–9 of 24) moved to its last block."""
+    last = len(pipe.transformer.transformer_blocks) - 1 if hasattr(pipe, "transformer") else 0
+    data = spec.to_spec()
+    for term in data.get("terms", []):
+        if term["reference"]["name"] in ("slg", "stg") and term["reference"].get("layers"):
+            term["reference"]["layers"] = [min(layer, last) for layer in term["reference"]["layers"]]
+    return data
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
@@ -40,5 +50,6 @@ def test_preset_validates_and_its_guidance_runs(path: Path, tmp_path: Path) -> N
     pipe = tiny_pipeline(family)
     if config.sampler.scheduler != "default":
         set_scheduler(pipe, config.sampler.scheduler)
-    out = guidance.run(pipe, config.guidance, **strip_scales(tiny_call_kwargs(family, batch=1, seed=0)))
+    out = guidance.run(pipe, on_tiny_blocks(config.guidance, pipe),
+                       **strip_scales(tiny_call_kwargs(family, batch=1, seed=0)))
     assert torch.isfinite(output_tensor(out)).all()

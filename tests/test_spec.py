@@ -144,7 +144,8 @@ def test_registries_hold_the_designed_names():
 
 @pytest.mark.parametrize(("axis", "name"), ALL_NAMES)
 def test_axis_as_name_or_mapping(axis, name, coefficients):
-    required = {"linear_ag": {"coefficients": coefficients}, "combined": {"of": ["icg", "tsg"]}}
+    required = {"linear_ag": {"coefficients": coefficients}, "combined": {"of": ["icg", "tsg"]},
+                "autoguidance": {"model": "digits-weak"}}
     if name in required:
         with pytest.raises(GuidanceError, match=next(iter(required[name]))):
             guidance.load({axis: name})  # its one parameter is required

@@ -278,7 +278,8 @@ def test_main_terms_combine_with_every_rule_policy_and_reference(main: dict, ter
     ("sd", {"name": "slg", "layers": [1]}, "use pag or seg"),
     ("sd", {"name": "pag", "layers": ["nowhere"]}, "no self-attention layer"),
     ("sd3", {"name": "slg", "layers": [7]}, "outside"),
-    ("flux", {"name": "pag"}, "no default layers"),
+    ("flux", {"name": "pag"}, "no self-attention module"),
+    ("flux", {"name": "seg", "layers": ["transformer_blocks.0"]}, "no self-attention module"),
     ("sd", {"name": "autoguidance", "model": "/no/such/folder"}, "no model at"),
     ("sd", {"name": "autoguidance", "model": "digits"}, "UNet2DConditionModel"),
 ])
@@ -294,3 +295,35 @@ def test_flux_takes_slg_terms_in_its_conditional_call(row_counter) -> None:
     counter = row_counter(pipe)
     guided(pipe, "flux", {"scale": 4.0, "terms": [{"reference": {"name": "slg", "layers": [1]}, "scale": 2.0}]})
     assert counter.calls == [4, 2] * 4
+
+
+def test_nested_perturbations_cut_their_own_rows() -> None:
+    """An slg term skipping block 0 and a pag term on block 0's attention, in one call: with one flow step the
+    output is linear in g, so the joint run's change equals the sum of each term's change alone (§21)."""
+    pipe = tiny_pipeline("sd3")
+    slg = {"reference": {"name": "slg", "layers": [0]}, "scale": 1.5}
+    pag = pag_term(["blocks.0"], 2.0)
+
+    def one_step(terms: list) -> torch.Tensor:
+        return guided(pipe, "sd3", {"scale": 4.0, "terms": terms}, steps=1).double()
+
+    main = one_step([])
+    joint = one_step([slg, pag])
+    assert torch.allclose(joint - main, (one_step([slg]) - main) + (one_step([pag]) - main), atol=1e-5)
+    assert (joint - one_step([slg])).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux", "pixart", "pixart_sigma", "dit"])
+@pytest.mark.parametrize("reference", ["pag", "seg", "slg", "stg"])
+def test_every_family_has_defaults_or_a_clear_refusal(family: str, reference: str) -> None:
+    """Each perturbed reference with its family default runs (finite, different from CFG alone) or is refused with a
+    GuidanceError (defaults of real models index blocks a tiny model lacks; UNets have no block list; Flux no
+    diffusers self-attention)."""
+    pipe = tiny_pipeline(family)
+    spec = {"scale": 3.0, "terms": [{"reference": reference, "scale": 1.0}]}
+    try:
+        out = guided(pipe, family, spec)
+    except guidance.GuidanceError as error:
+        assert reference in str(error)
+        return
+    assert torch.isfinite(out).all() and (out - guided(pipe, family, {"scale": 3.0})).abs().max() > 1e-4

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import inspect
 import os
 import re
 import statistics
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPAGPipeline, StableDiffusionPipeline
 from torch.overrides import TorchFunctionMode
 
 from ..pipelines.api import attach, run
@@ -37,6 +38,8 @@ from ..pipelines.testing.tiny import sd15_like, tiny_call_kwargs, tiny_pipeline
 
 SCALE = 7.5
 NATIVE = "native diffusers CFG"
+NATIVE_PAG = "native diffusers PAG"  # StableDiffusionPAGPipeline on the same components: the PAG term's baseline
+PAG_SCALE, PAG_LAYERS = 3.0, ["mid"]
 QUIET = "cfg (telemetry off)"
 VARIANTS: dict[str, dict[str, Any]] = {
     "cfg": {"rule": "cfg"},
@@ -48,7 +51,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "tsg": {"reference": "tsg"},
     "linear schedule": {"schedule": "linear"},
     "adaptive": {"policy": "adaptive"},
+    "pag term": {"terms": [{"reference": {"name": "pag", "layers": PAG_LAYERS}, "scale": PAG_SCALE}]},
 }
+BASELINES = {"pag term": NATIVE_PAG}  # a variant's native counterpart (default: native CFG)
+
+
+def baseline(label: str) -> str:
+    return BASELINES.get(label, NATIVE)
 # glibc: serve every block above 64 KiB by mmap and unmap it when freed, so resident memory tracks live tensors.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 
@@ -105,11 +114,22 @@ class Bench:
         with torch.no_grad():
             if label == NATIVE:
                 return self.pipe(**kwargs, guidance_scale=SCALE).images
+            if label == NATIVE_PAG:
+                return self.pag_pipe(**kwargs, guidance_scale=SCALE, pag_scale=PAG_SCALE).images
             spec = {"scale": SCALE, **VARIANTS[label]}
             if label != QUIET:
                 return run(self.pipe, spec, **kwargs).images
             with attach(self.pipe, spec, telemetry=False) as session:
                 return self.pipe(**kwargs, guidance_scale=2.0, callback_on_step_end=session.callback).images
+
+    @functools.cached_property
+    def pag_pipe(self) -> StableDiffusionPAGPipeline:
+        """diffusers' PAG pipeline on this pipeline's own components (it swaps the UNet's processors per call)."""
+        accepted = inspect.signature(StableDiffusionPAGPipeline.__init__).parameters
+        pipe = StableDiffusionPAGPipeline(**{k: v for k, v in self.pipe.components.items() if k in accepted},
+                                          pag_applied_layers=PAG_LAYERS)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
@@ -129,14 +149,15 @@ def labels(variants: list[str] | None = None) -> list[str]:
     unknown = [v for v in chosen if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
-    return [NATIVE, *chosen]
+    return [*dict.fromkeys([NATIVE, *(baseline(v) for v in chosen)]), *chosen]
 
 
 def time_variants(bench: Bench, repeats: int = 7, variants: list[str] | None = None) -> list[dict[str, Any]]:
-    """Median ms per step of native CFG and each variant over interleaved repeats, its ratio to native and the
-    spread (max − min)/median. With the denoiser timed (CPU), also the median ms per step spent outside the
-    denoiser and the variant's host-side overhead: its extra time outside the denoiser as a share of native's step
-    (the part the plugin adds, free of the denoiser's run-to-run noise)."""
+    """Median ms per step of native CFG and each variant over interleaved repeats, its ratio to its native baseline
+    (native CFG; diffusers' PAG pipeline for the PAG term) and the spread (max − min)/median. With the denoiser timed
+    (CPU), also the median ms per step spent outside the denoiser and the variant's host-side overhead: its extra
+    time outside the denoiser as a share of its baseline's step (the part the plugin adds, free of the denoiser's
+    run-to-run noise)."""
     names = labels(variants)
     for label in names:  # warm-up
         bench.call(label)
@@ -147,15 +168,14 @@ def time_variants(bench: Bench, repeats: int = 7, variants: list[str] | None = N
             seconds, inside = bench.seconds(label)
             total[label].append(1e3 * seconds / bench.steps)
             outside[label].append(1e3 * (seconds - inside) / bench.steps)
-    base, base_outside = statistics.median(total[NATIVE]), statistics.median(outside[NATIVE])
     rows = []
     for label in names:
-        median = statistics.median(total[label])
-        row = {"variant": label, "ms_per_step": median, "ratio": median / base,
+        median, base = statistics.median(total[label]), statistics.median(total[baseline(label)])
+        row = {"variant": label, "baseline": baseline(label), "ms_per_step": median, "ratio": median / base,
                "spread": (max(total[label]) - min(total[label])) / median}
         if bench.denoiser_seconds > 0:
             row["outside_ms_per_step"] = statistics.median(outside[label])
-            row["host_overhead"] = (row["outside_ms_per_step"] - base_outside) / base
+            row["host_overhead"] = (row["outside_ms_per_step"] - statistics.median(outside[baseline(label)])) / base
         rows.append(row)
     return rows
 
@@ -195,8 +215,8 @@ def memory_variants(bench: Bench, repeats: int = 3, variants: list[str] | None =
                        bench.dtype]
             out = subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ, **MALLOC_ENV})
             peaks[label].append(float(out.stdout.strip().splitlines()[-1]))
-    base = statistics.median(peaks[NATIVE])
-    return [{"variant": label, "peak_mb": statistics.median(values), "ratio": statistics.median(values) / base}
+    return [{"variant": label, "baseline": baseline(label), "peak_mb": statistics.median(values),
+             "ratio": statistics.median(values) / statistics.median(peaks[baseline(label)])}
             for label, values in peaks.items()]
 
 
@@ -257,14 +277,14 @@ def sync_sites(bench: Bench, label: str, steps: int) -> list[str]:
 def sync_variants(bench: Bench, steps: int = 4, variants: list[str] | None = None) -> list[dict[str, Any]]:
     """Per call and per step (slope between `steps` and 2·`steps`) synchronisations of each variant and native, and
     the sites that differ from native's (count at 2·`steps`)."""
-    rows, native = [], Counter()
-    for label in labels(variants):  # native first
+    rows, natives = [], {}
+    for label in labels(variants):  # natives first
         bench.call(label, steps)  # warm-up
         short, long = sync_sites(bench, label, steps), sync_sites(bench, label, 2 * steps)
         per_step = (len(long) - len(short)) / steps
-        if label == NATIVE:
-            native = Counter(long)
-        extra = Counter(long) - native
+        if label in (NATIVE, NATIVE_PAG):
+            natives[label] = Counter(long)
+        extra = Counter(long) - natives[baseline(label)]
         rows.append({"variant": label, "per_step": per_step, "per_call": len(short) - steps * per_step,
                      "extra_sites": ", ".join(f"{site} ×{n}" for site, n in extra.most_common()) or "-"})
     return rows
@@ -282,6 +302,8 @@ def numerics(bench: Bench, scales: tuple[float, ...] = (7.5, 100.0), variants: l
             with torch.no_grad():
                 if label == NATIVE:
                     latents = bench.pipe(**kwargs, guidance_scale=scale).images
+                elif label == NATIVE_PAG:
+                    latents = bench.pag_pipe(**kwargs, guidance_scale=scale, pag_scale=PAG_SCALE).images
                 else:
                     latents = run(bench.pipe, spec, **kwargs).images
             rows.append({"variant": label, "scale": spec["scale"], "finite": bool(torch.isfinite(latents).all()),

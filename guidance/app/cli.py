@@ -70,7 +70,12 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"  {'':<16} parameters: {describe_fields(cls)}")
             if cls.paper:
                 print(f"  {'':<16} paper: {cls.paper}")
+            if getattr(cls, "default_term_scale", None) is not None:
+                print(f"  {'':<16} as a term: default scale s = {cls.default_term_scale}")
         print()
+    print("terms:\n  guidance: {terms: [{reference, scale, rule, schedule}, ...]} adds rule(c, r, 1 + s) − c per "
+          "term to the main term\n  (docs/CONVENTIONS.md §20); e.g. terms: [{reference: {name: pag, layers: [mid]}, "
+          "scale: 3}]")
     return 0
 
 

@@ -16,7 +16,7 @@ from torch import nn
 from guidance.errors import GuidanceError
 
 from ..call import DenoiserCall, Path
-from .layers import attention_layers, indexed_blocks
+from .layers import attention_layers, indexed_blocks, self_attention_places
 
 if TYPE_CHECKING:
     from ..session import Run, Session
@@ -76,8 +76,10 @@ class Adapter:
         """The self-attention modules `layers` names (pag_applied_layers ids; None: the family's default)."""
         chosen = self.pag_layers if layers is None else layers
         if not chosen:
+            places = self_attention_places(self.denoiser, method)
             raise GuidanceError(f"{method} has no default layers for {type(self.pipe).__name__}: give `layers`, "
-                                "diffusers' pag_applied_layers ids of its self-attention (e.g. ['blocks.1']).")
+                                f"diffusers' pag_applied_layers ids of its self-attention (it sits in {places[0]}, "
+                                "…).")
         return attention_layers(self.denoiser, chosen, method)
 
     def blocks(self, layers: Sequence[int] | None, method: str) -> list[nn.Module]:

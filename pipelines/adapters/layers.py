@@ -29,15 +29,24 @@ def _same_number(layer: str, name: str) -> bool:
     return not (layer.isnumeric() and name.isnumeric() and layer != name)
 
 
+def self_attention_places(denoiser: nn.Module, method: str) -> list[str]:
+    """Where the denoiser's self-attention modules sit; a GuidanceError when it has none a perturbation can change."""
+    names = sorted({name.rsplit(".", 1)[0] for name, module in denoiser.named_modules() if _is_self_attention(module)})
+    if not names:
+        raise GuidanceError(f"{method}: {type(denoiser).__name__} has no self-attention module it can perturb (a "
+                            "diffusers Attention that is not cross-attention); use slg or stg, which skip its blocks, "
+                            "or autoguidance.")
+    return names
+
+
 def attention_layers(denoiser: nn.Module, layers: Sequence[str], method: str) -> list[nn.Module]:
     """The self-attention modules the layer ids name, as diffusers' PAG pipelines find them."""
+    names = self_attention_places(denoiser, method)
     found: list[nn.Module] = []
     for layer in layers:
         matches = [module for name, module in denoiser.named_modules()
                    if _is_self_attention(module) and re.search(layer, name) is not None and _same_number(layer, name)]
         if not matches:
-            names = sorted({name.rsplit(".", 1)[0] for name, module in denoiser.named_modules()
-                            if _is_self_attention(module)})
             raise GuidanceError(f"{method}: no self-attention layer of {type(denoiser).__name__} matches {layer!r}. "
                                 f"Self-attention lives in: {', '.join(names[:12]) or 'none'}"
                                 f"{' …' if len(names) > 12 else ''}. Use diffusers' pag_applied_layers ids such as "
