@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The CPU benchmarks of benchmarks/RESULTS.md (about 35 minutes on 2 cores). Run from the repository root
-# (`saving` reads configs/evaluate/); writes the JSON rows into OUT_DIR (default benchmarks/results/cpu).
+# The CPU benchmarks of benchmarks/RESULTS.md (about 40 minutes on 2 cores). Run from the repository root; writes
+# the JSON rows into OUT_DIR (default benchmarks/results/cpu).
 set -eu
 out=${1:-benchmarks/results/cpu}
 mkdir -p "$out"
 export HF_HUB_OFFLINE=1
 guidance bench overhead --pipeline sd15-like --steps 10 --repeats 7 --json "$out/overhead-sd15-like.json" --overwrite
+guidance bench overhead --pipeline sd15-like --steps 10 --repeats 7 --variants "pag term" \
+    --json "$out/overhead-pag-sd15-like.json" --overwrite
 guidance bench overhead --pipeline tiny --steps 10 --repeats 7 --json "$out/overhead-tiny.json" --overwrite
 guidance bench memory --pipeline sd15-like --steps 4 --repeats 3 --json "$out/memory-sd15-like.json" --overwrite
 guidance bench syncs --pipeline sd15-like --steps 4 --json "$out/syncs-sd15-like.json" --overwrite
