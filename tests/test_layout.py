@@ -64,3 +64,15 @@ def test_the_import_scan_sees_an_application_import(tmp_path) -> None:
     module = tmp_path / "example.py"
     module.write_text("def f():\n    from ..app.cli import main\n    return main\n")
     assert "guidance.app.cli" in imported_modules(module, "guidance.rules")
+
+
+def test_every_package_is_installed() -> None:
+    """pyproject.toml lists its packages one by one: every folder with an __init__.py must be among them."""
+    import tomllib  # Python 3.11+, as CI
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = set()
+    for init in [*(ROOT / "guidance").rglob("__init__.py"), *(ROOT / "pipelines").rglob("__init__.py")]:
+        parts = init.parent.relative_to(ROOT).parts
+        found.add(".".join(("guidance", *parts) if parts[0] == "pipelines" else parts))
+    assert len(found) > 8 and found <= listed, sorted(found - listed)
