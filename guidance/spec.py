@@ -108,7 +108,7 @@ class Guidance(BaseModel):
             super().__init__(**data)
         except ValidationError as error:
             problems = explain(error, lambda path: f"'{'.'.join(path)}'", lambda path: list(Guidance.model_fields))
-            raise GuidanceError(" ".join(problems)) from None
+            raise GuidanceError("\n".join(problems)) from None
 
     _build = field_validator("rule", "reference", "schedule", "policy", mode="before")(classmethod(
         lambda cls, value, info: build_axis(info.field_name, value)))

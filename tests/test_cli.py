@@ -78,6 +78,7 @@ BAD = [
     ("prompts: [a cat]", "is class-conditional: give `class_labels`"),
     ("sampler: {height: 64}", "has no `height` argument"),
     ("prompts: [a]\nclass_labels: [1]", "not both"),
+    ("class_labels: [3, 12]", "outside the 10 classes"),
     ("- just\n- a list", "is a mapping"),
     ("!!python/object/apply:os.system ['touch pwned']", "not valid YAML"),
 ]

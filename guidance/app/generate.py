@@ -72,6 +72,13 @@ def call_kwargs(pipe: Any, config: RunConfig, items: list[str | int], seed: int)
     if "class_labels" in accepted:
         if not all(isinstance(item, int) for item in items):
             raise GuidanceError(f"{type(pipe).__name__} is class-conditional: give `class_labels`, not `prompts`.")
+        classes = getattr(pipe, "num_classes", None) or pipe.transformer.config.get("num_embeds_ada_norm")
+        null = getattr(pipe, "null_class", None)  # the digits pipelines sample unconditionally for it
+        outside = sorted({item for item in items if item >= classes and item != null})
+        if outside:
+            also = "" if null is None else f", or {null} for unconditional samples"
+            raise GuidanceError(f"class_labels {outside} are outside the {classes} classes of {type(pipe).__name__} "
+                                f"(0 to {classes - 1}{also}).")
         kwargs["class_labels"] = [item for item in items for _ in range(sampler.batch)]
     else:
         if not all(isinstance(item, str) for item in items):
@@ -173,6 +180,8 @@ def generate(config: RunConfig, out_dir: Path | None = None, overwrite: bool = F
     todo = prepare(out_dir, plan(config, out_dir, only), overwrite, resume, config)
     if pipe is None and todo:
         pipe = load_model(config.model, config.sampler.scheduler, allow_pickle)
+    if todo:
+        call_kwargs(pipe, config, config.items(), config.sampler.seed)  # refuse bad items before any call
     return [path for job in tqdm(todo, desc="generate", unit="call", disable=not progress)
             for path in make(pipe, config, job)]
 

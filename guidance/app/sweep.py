@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..errors import GuidanceError, shorten
 from .config import MAX_SEED, RunConfig, parse_value, set_path, validate
-from .generate import Job, atomic_write, make, plan, prepare
+from .generate import Job, atomic_write, call_kwargs, make, plan, prepare
 from .loading import load_model
 from .report import slug
 
@@ -177,8 +177,11 @@ def _pipeline(cache: dict[str, Any], config: RunConfig, state: Any, allow_pickle
 def _share_with_pipelines(tasks: list[Task], state: Any, allow_pickle: bool) -> list[tuple[Any, Task]]:
     """This process's share of the tasks, each with its pipeline (loaded once per model and scheduler)."""
     cache: dict[str, Any] = {}
-    return [(_pipeline(cache, task.run.config, state, allow_pickle), task)
-            for task in share(tasks, state.process_index, state.num_processes)]
+    shared = [(_pipeline(cache, task.run.config, state, allow_pickle), task)
+              for task in share(tasks, state.process_index, state.num_processes)]
+    for pipe, task in shared:  # refuse bad items (a label the model lacks, prompts for a class model) before any call
+        call_kwargs(pipe, task.run.config, task.run.config.items(), task.run.config.sampler.seed)
+    return shared
 
 
 def _work(calls: list[tuple[Any, Task]], state: Any, progress: bool) -> None:
