@@ -21,7 +21,9 @@ def first_layer(pipe) -> torch.nn.Module:
     if getattr(pipe, "unet", None) is not None:
         return pipe.unet.conv_in
     transformer = pipe.transformer
-    return transformer.x_embedder if hasattr(transformer, "x_embedder") else transformer.pos_embed
+    for name in ("x_embedder", "patch_embedding", "pos_embed"):
+        if hasattr(transformer, name):
+            return getattr(transformer, name)
 
 
 class RowCounter:
@@ -54,8 +56,10 @@ def row_counter():
 
 
 def output_tensor(out) -> torch.Tensor:
-    """The latents (or DiT's images) of a pipeline output."""
-    return out[0] if isinstance(out, tuple) else out.images
+    """The latents (or DiT's images, or a video pipeline's frames) of a pipeline output."""
+    if isinstance(out, tuple):
+        return out[0]
+    return out.frames if hasattr(out, "frames") else out.images
 
 
 def strip_scales(kwargs: dict) -> dict:

@@ -313,7 +313,7 @@ def test_nested_perturbations_cut_their_own_rows() -> None:
     assert (joint - one_step([slg])).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux", "pixart", "pixart_sigma", "dit"])
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux", "pixart", "pixart_sigma", "dit", "wan"])
 @pytest.mark.parametrize("reference", ["pag", "seg", "slg", "stg"])
 def test_every_family_has_defaults_or_a_clear_refusal(family: str, reference: str) -> None:
     """Each perturbed reference with its family default runs (finite, different from CFG alone) or is refused with a
@@ -327,3 +327,15 @@ def test_every_family_has_defaults_or_a_clear_refusal(family: str, reference: st
         assert reference in str(error)
         return
     assert torch.isfinite(out).all() and (out - guided(pipe, family, {"scale": 3.0})).abs().max() > 1e-4
+
+
+def test_wan_video_takes_skipped_blocks_and_time_perturbation(row_counter) -> None:
+    """Wan 2.1 (5-D video latents, separate calls): an slg term and a tsg term join the conditional call."""
+    pipe = tiny_pipeline("wan")
+    counter = row_counter(pipe)
+    spec = {"scale": 4.0, "terms": [{"reference": {"name": "slg", "layers": [1]}, "scale": 2.0},
+                                    {"reference": "tsg", "scale": 1.0}]}
+    out = guided(pipe, "wan", spec)
+    assert out.ndim == 5 and torch.isfinite(out).all()
+    assert counter.calls == [6, 2] * 4
+    assert (out - guided(pipe, "wan", {"scale": 4.0})).abs().max() > 1e-4

@@ -69,6 +69,9 @@ def call_kwargs(pipe: Any, config: RunConfig, items: list[str | int], seed: int)
     device = pipe.device if hasattr(pipe, "device") else "cpu"
     kwargs: dict[str, Any] = {"num_inference_steps": sampler.steps,
                               "generator": torch.Generator(device).manual_seed(seed), "output_type": "pil"}
+    if "num_frames" in accepted:
+        raise GuidanceError(f"{type(pipe).__name__} makes videos, which `guidance generate` and `sweep` do not write "
+                            "yet; guide it from Python with guidance.run(pipe, spec, ...).")
     if "class_labels" in accepted:
         if not all(isinstance(item, int) for item in items):
             raise GuidanceError(f"{type(pipe).__name__} is class-conditional: give `class_labels`, not `prompts`.")

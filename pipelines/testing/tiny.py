@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from diffusers import (
     AutoencoderKL,
+    AutoencoderKLWan,
     DDIMScheduler,
     DiffusionPipeline,
     DiTPipeline,
@@ -37,13 +38,15 @@ from diffusers import (
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
+    WanPipeline,
+    WanTransformer3DModel,
 )
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from ..schedulers import set_scheduler
 
-FAMILIES = ("sd", "sdxl", "sd3", "flux", "pixart", "pixart_sigma", "dit")
+FAMILIES = ("sd", "sdxl", "sd3", "flux", "pixart", "pixart_sigma", "dit", "wan")
 
 TOKENIZER_MAX_LENGTH = 16
 TEXT_DIM = 32  # hidden size of every tiny text encoder and of the embeddings fed to SD3/Flux/PixArt
@@ -312,6 +315,21 @@ def sd15_like(width: int = 64, text_width: int = 64, seed: int = 0, device: str 
     return pipe
 
 
+def tiny_wan(seed: int = 0) -> WanPipeline:
+    """Tiny Wan 2.1 pipeline (video DiT on 5-D latents, flow matching) without text encoder: call it with embeddings.
+    The configuration facts are diffusers' own test suite's (tests/pipelines/wan/test_wan.py)."""
+    torch.manual_seed(seed)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+        text_dim=TEXT_DIM, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer,
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0))
+    return _finish(pipe)
+
+
 def tiny_pipeline(family: str, seed: int = 0) -> DiffusionPipeline:
     """Build the tiny pipeline of ``family`` (one of ``FAMILIES``) with its default scheduler."""
     builders = {
@@ -322,6 +340,7 @@ def tiny_pipeline(family: str, seed: int = 0) -> DiffusionPipeline:
         "pixart": tiny_pixart,
         "pixart_sigma": partial(tiny_pixart, sigma=True),
         "dit": tiny_dit,
+        "wan": tiny_wan,
     }
     if family not in builders:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
@@ -339,7 +358,8 @@ def tiny_call_kwargs(
 
     SD/SDXL get short prompts (run through the tiny tokenizer), SD3/Flux/PixArt get random embeddings
     (``TEXT_SEQ_LEN`` x ``TEXT_DIM``), DiT gets class labels. Flux's ``guidance_scale`` becomes
-    ``true_cfg_scale``. All but DiT return latents; Flux's are packed ``(batch, tokens, 4 * channels)``.
+    ``true_cfg_scale``. All but DiT return latents; Flux's are packed ``(batch, tokens, 4 * channels)``; Wan's
+    (5 frames) are ``(batch, 16, 2, 4, 4)`` video latents in ``.frames``.
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
@@ -389,4 +409,7 @@ def tiny_call_kwargs(
     }
     if family == "flux":
         return kwargs | {"true_cfg_scale": guidance_scale}
+    if family == "wan":
+        return {**{k: v for k, v in kwargs.items() if "pooled" not in k}, "num_frames": 5,
+                "guidance_scale": guidance_scale}
     return kwargs | {"guidance_scale": guidance_scale}
