@@ -289,12 +289,15 @@ def test_methods_that_do_not_fit_are_refused_with_the_reason(family: str, refere
         guided(pipe, family, {"scale": 3.0, "terms": [{"reference": reference, "scale": 1.0}]})
 
 
-def test_flux_takes_slg_terms_in_its_conditional_call(row_counter) -> None:
-    """Flux runs the conditional and negative prompts as separate calls: the term's rows join the conditional one."""
-    pipe = tiny_pipeline("flux")
+@pytest.mark.parametrize("family", ["flux", "qwenimage"])
+def test_separate_call_families_take_slg_terms_in_their_conditional_call(family: str, row_counter) -> None:
+    """Flux and Qwen-Image run the prompt and the negative prompt as separate calls: the term's rows join the
+    conditional one, and the term changes the result."""
+    pipe = tiny_pipeline(family)
     counter = row_counter(pipe)
-    guided(pipe, "flux", {"scale": 4.0, "terms": [{"reference": {"name": "slg", "layers": [1]}, "scale": 2.0}]})
+    out = guided(pipe, family, {"scale": 4.0, "terms": [{"reference": {"name": "slg", "layers": [1]}, "scale": 2.0}]})
     assert counter.calls == [4, 2] * 4
+    assert (out - guided(pipe, family, {"scale": 4.0})).abs().max() > 1e-4
 
 
 def test_nested_perturbations_cut_their_own_rows() -> None:
@@ -313,7 +316,7 @@ def test_nested_perturbations_cut_their_own_rows() -> None:
     assert (joint - one_step([slg])).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux", "pixart", "pixart_sigma", "dit", "wan"])
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux", "pixart", "pixart_sigma", "dit", "wan", "qwenimage"])
 @pytest.mark.parametrize("reference", ["pag", "seg", "slg", "stg"])
 def test_every_family_has_defaults_or_a_clear_refusal(family: str, reference: str) -> None:
     """Each perturbed reference with its family default runs (finite, different from CFG alone) or is refused with a

@@ -44,6 +44,7 @@ class Adapter:
     pag_layers: ClassVar[tuple[str, ...]] = ()  # default `layers` of pag and seg: diffusers' PAG default, or ours
     block_lists: ClassVar[tuple[str, ...]] = ()  # the denoiser's main block list(s), for slg and stg
     skip_layers: ClassVar[tuple[int, ...]] = ()  # default `layers` of slg and stg
+    joint_blocks: ClassVar[bool] = False  # blocks take and return both streams: (encoder_hidden_states, hidden_states)
 
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
@@ -96,6 +97,8 @@ class Adapter:
 
     def block_passthrough(self, arguments: dict[str, Any]) -> Any:
         """A skipped block's output: its input (blocks of joint-attention families return both streams)."""
+        if self.joint_blocks:
+            return arguments["encoder_hidden_states"], arguments["hidden_states"]
         return arguments["hidden_states"]
 
     # ---------------------------------------------------------------- outputs

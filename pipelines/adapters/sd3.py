@@ -5,8 +5,6 @@ The time embedding is `transformer.time_text_embed.timestep_embedder` (the poole
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -17,11 +15,9 @@ class SD3Adapter(DoubledBatchAdapter):
     denoiser_attr = "transformer"
     embedding_fields = (("encoder_hidden_states",), ("pooled_projections",))
     pag_layers = ("blocks.1",)  # diffusers' StableDiffusion3PAGPipeline default (it also matches blocks 10–19)
+    joint_blocks = True
     block_lists = ("transformer_blocks",)
     skip_layers = (7, 8, 9)  # SD3.5 Medium's skip-layer guidance (diffusers, Stability AI's sd3_infer.py)
-
-    def block_passthrough(self, arguments: dict[str, Any]) -> Any:
-        return arguments["encoder_hidden_states"], arguments["hidden_states"]
 
     def time_embedders(self) -> list[nn.Module]:
         return [self.denoiser.time_text_embed.timestep_embedder]

@@ -68,7 +68,8 @@ class SeparateCallsAdapter(Adapter):
             run.carried = AwaitingNegative(call.sample, cond, samples, w, term_outputs)
             return with_first_output(out, cond)
         reference_prediction = outputs[1] if samples else None
-        run.carried = session.guide(w, call.sample, cond, reference_prediction, samples, term_outputs)
+        guided = session.guide(w, call.sample, cond, reference_prediction, samples, term_outputs)
+        run.carried = self.after_combination(cond, guided)
         return with_first_output(out, run.carried)
 
     def _negative_call(self, session: Session, call: DenoiserCall) -> Any:
@@ -79,9 +80,15 @@ class SeparateCallsAdapter(Adapter):
         out = session.evaluate(session.reference_call(call, slice(0, run.batch_size), awaiting.samples))
         guided = session.guide(awaiting.w, awaiting.x, awaiting.cond, first_output(out), awaiting.samples,
                                awaiting.terms)
-        awaiting.cond.copy_(guided)  # the pipeline's conditional prediction becomes g (see the module docstring)
+        # the pipeline's conditional prediction becomes g (see the module docstring)
+        awaiting.cond.copy_(self.after_combination(awaiting.cond, guided))
         run.carried = awaiting.cond
         return with_first_output(out, awaiting.cond)
+
+    def after_combination(self, cond: torch.Tensor, guided: torch.Tensor) -> torch.Tensor:
+        """What the pipeline does to its combined prediction after `neg + s·(cond − neg)`, applied to g here (the
+        pipeline then sees g in both outputs, so its own step would be the identity)."""
+        return guided
 
     def end_step(self, run: Run) -> None:
         if isinstance(run.carried, AwaitingNegative):

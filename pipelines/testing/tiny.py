@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from diffusers import (
     AutoencoderKL,
+    AutoencoderKLQwenImage,
     AutoencoderKLWan,
     DDIMScheduler,
     DiffusionPipeline,
@@ -33,6 +34,8 @@ from diffusers import (
     PixArtAlphaPipeline,
     PixArtSigmaPipeline,
     PixArtTransformer2DModel,
+    QwenImagePipeline,
+    QwenImageTransformer2DModel,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
@@ -46,7 +49,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from ..schedulers import set_scheduler
 
-FAMILIES = ("sd", "sdxl", "sd3", "flux", "pixart", "pixart_sigma", "dit", "wan")
+FAMILIES = ("sd", "sdxl", "sd3", "flux", "pixart", "pixart_sigma", "dit", "wan", "qwenimage")
 
 TOKENIZER_MAX_LENGTH = 16
 TEXT_DIM = 32  # hidden size of every tiny text encoder and of the embeddings fed to SD3/Flux/PixArt
@@ -330,6 +333,20 @@ def tiny_wan(seed: int = 0) -> WanPipeline:
     return _finish(pipe)
 
 
+def tiny_qwenimage(seed: int = 0) -> QwenImagePipeline:
+    """Tiny Qwen-Image pipeline (MMDiT on packed tokens, flow matching, true CFG) without text encoder: call it with
+    embeddings and masks. The configuration facts are diffusers' own test suite's (tests/pipelines/qwenimage)."""
+    torch.manual_seed(seed)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=3,
+        joint_attention_dim=TEXT_DIM, guidance_embeds=False, axes_dims_rope=(8, 4, 4))
+    vae = AutoencoderKLQwenImage(base_dim=4 * 6, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
+                                 temperal_downsample=[False, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+    pipe = QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None,
+                             tokenizer=None, transformer=transformer)
+    return _finish(pipe)
+
+
 def tiny_pipeline(family: str, seed: int = 0) -> DiffusionPipeline:
     """Build the tiny pipeline of ``family`` (one of ``FAMILIES``) with its default scheduler."""
     builders = {
@@ -341,6 +358,7 @@ def tiny_pipeline(family: str, seed: int = 0) -> DiffusionPipeline:
         "pixart_sigma": partial(tiny_pixart, sigma=True),
         "dit": tiny_dit,
         "wan": tiny_wan,
+        "qwenimage": tiny_qwenimage,
     }
     if family not in builders:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
@@ -409,6 +427,11 @@ def tiny_call_kwargs(
     }
     if family == "flux":
         return kwargs | {"true_cfg_scale": guidance_scale}
+    if family == "qwenimage":
+        mask = torch.ones(batch, TEXT_SEQ_LEN, dtype=torch.long)
+        return {**{k: v for k, v in kwargs.items() if "pooled" not in k}, "prompt_embeds_mask": mask,
+                "negative_prompt_embeds_mask": mask.clone(), "height": 2 * IMAGE_SIZE, "width": 2 * IMAGE_SIZE,
+                "true_cfg_scale": guidance_scale}
     if family == "wan":
         return {**{k: v for k, v in kwargs.items() if "pooled" not in k}, "num_frames": 5,
                 "guidance_scale": guidance_scale}
