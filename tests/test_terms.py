@@ -316,7 +316,8 @@ def test_nested_perturbations_cut_their_own_rows() -> None:
     assert (joint - one_step([slg])).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux", "pixart", "pixart_sigma", "dit", "wan", "qwenimage"])
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "sd35", "flux", "pixart", "pixart_sigma", "dit", "wan",
+                                    "qwenimage"])
 @pytest.mark.parametrize("reference", ["pag", "seg", "slg", "stg"])
 def test_every_family_has_defaults_or_a_clear_refusal(family: str, reference: str) -> None:
     """Each perturbed reference with its family default runs (finite, different from CFG alone) or is refused with a
@@ -342,3 +343,20 @@ def test_wan_video_takes_skipped_blocks_and_time_perturbation(row_counter) -> No
     assert out.ndim == 5 and torch.isfinite(out).all()
     assert counter.calls == [6, 2] * 4
     assert (out - guided(pipe, "wan", {"scale": 4.0})).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("family", ["sd3", "sd35"])
+def test_joint_identity_attention_keeps_image_tokens_apart(family: str) -> None:
+    """PAG on joint attention (SD3, SD3.5 with query/key norms): an image token attends to itself and the text only,
+    so changing one image token leaves every other image token's output unchanged; text tokens see everything."""
+    from guidance.pipelines.perturbations.attention import identity_attention
+
+    attn = tiny_pipeline(family).transformer.transformer_blocks[0].attn
+    generator = torch.Generator().manual_seed(3)
+    hidden, text = torch.randn(1, 6, 16, generator=generator), torch.randn(1, 4, 16, generator=generator)
+    changed = hidden.clone()
+    changed[:, 0] += 1.0
+    with torch.no_grad():
+        (image, context), (image2, context2) = (identity_attention(attn, h, text) for h in (hidden, changed))
+    assert torch.allclose(image[:, 1:], image2[:, 1:], atol=1e-6)
+    assert (image[:, 0] - image2[:, 0]).abs().max() > 1e-3 and (context - context2).abs().max() > 1e-3

@@ -225,13 +225,17 @@ def sweep(data: dict[str, Any], axes: list[tuple[str, list[Any]]], seeds: list[i
         all_runs = runs(planned, seeds, out_dir)
         return planned, all_runs, _share_with_pipelines(pending(all_runs, overwrite), state, allow_pickle)
 
-    prepared = _together(state, prepare_share)  # every process lists the pending calls before any is made
-    if prepared is None:
-        return None
-    planned, all_runs, calls = prepared
-    _work(calls, state, progress)
-    state.wait_for_everyone()
-    return _write_results(planned, all_runs, axes, seeds, out_dir) if state.is_main_process else None
+    try:
+        prepared = _together(state, prepare_share)  # every process lists the pending calls before any is made
+        if prepared is None:
+            return None
+        planned, all_runs, calls = prepared
+        _work(calls, state, progress)
+        state.wait_for_everyone()
+        return _write_results(planned, all_runs, axes, seeds, out_dir) if state.is_main_process else None
+    finally:  # a process group left to the interpreter's exit can abort the process ("terminate called …")
+        if state.num_processes > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 @contextmanager
@@ -264,8 +268,9 @@ def launch(num_processes: int, argv: list[str]) -> int:
     with _launcher_kept_in_bounds():
         try:
             launch_command(args)
-        except ChildFailedError as error:
-            return next((f.exitcode for f in error.failures.values() if f.exitcode > 0), 1)
+        except ChildFailedError as error:  # the main process's status first: it reports the errors
+            codes = {rank: failure.exitcode for rank, failure in error.failures.items()}
+            return codes[0] if codes.get(0, 0) > 0 else next((c for c in codes.values() if c > 0), 1)
         except SignalException as stop:  # Ctrl-C or kill: the processes are stopped, finished images are kept
             return 128 + stop.sigval
     return 0

@@ -49,7 +49,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from ..schedulers import set_scheduler
 
-FAMILIES = ("sd", "sdxl", "sd3", "flux", "pixart", "pixart_sigma", "dit", "wan", "qwenimage")
+FAMILIES = ("sd", "sdxl", "sd3", "sd35", "flux", "pixart", "pixart_sigma", "dit", "wan", "qwenimage")
 
 TOKENIZER_MAX_LENGTH = 16
 TEXT_DIM = 32  # hidden size of every tiny text encoder and of the embeddings fed to SD3/Flux/PixArt
@@ -190,10 +190,12 @@ def tiny_sdxl(seed: int = 0) -> StableDiffusionXLPipeline:
     return set_scheduler(_finish(pipe), "euler")
 
 
-def tiny_sd3(seed: int = 0) -> StableDiffusion3Pipeline:
-    """Tiny SD3 pipeline (MMDiT, flow matching) without text encoders: call it with embeddings."""
+def tiny_sd3(seed: int = 0, **transformer: Any) -> StableDiffusion3Pipeline:
+    """Tiny SD3 pipeline (MMDiT, flow matching) without text encoders: call it with embeddings. `transformer`
+    settings override the MMDiT's (SD3.5: query/key RMS norms and a dual-attention block)."""
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
+        **transformer,
         sample_size=_LATENT_SIZE,
         patch_size=2,
         in_channels=4,
@@ -353,6 +355,7 @@ def tiny_pipeline(family: str, seed: int = 0) -> DiffusionPipeline:
         "sd": tiny_sd,
         "sdxl": tiny_sdxl,
         "sd3": tiny_sd3,
+        "sd35": partial(tiny_sd3, qk_norm="rms_norm", dual_attention_layers=(0,)),
         "flux": tiny_flux,
         "pixart": tiny_pixart,
         "pixart_sigma": partial(tiny_pixart, sigma=True),
