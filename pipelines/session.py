@@ -213,11 +213,7 @@ class Session:
         run = self.current_run
         if run is None or (run.step is not None and run.step >= len(run.table)):
             return self.evaluate(call)
-        if call.get(("skip_layers",)) is not None:
-            raise GuidanceError(
-                "The pipeline's own skip-layer guidance (skip_guidance_layers) would build its term from the guided "
-                "prediction. Put it in the spec instead: terms: [{reference: {name: slg, layers: [7, 8, 9]}, scale: "
-                "2.8, schedule: {name: steps, start: 0.01, stop: 0.2}}], and drop skip_guidance_layers.")
+        self.adapter.check_call(call)
         if run.step is None:
             self._locate(call)
         run.calls += 1
@@ -245,11 +241,19 @@ class Session:
         """Whether the current step outputs 0 without any evaluation (CFG-Zero*'s zero-init)."""
         return w is not None and self.guidance.rule.outputs_zero(self.current_run.step)
 
-    def active_terms(self) -> list[tuple[Term, float]]:
-        """The terms active at the current step (s_i ≠ 0), with their s_i."""
+    def evaluate_step(self, groups: list[Group], call: DenoiserCall, cond_rows: slice
+                      ) -> tuple[Any, list[torch.Tensor], list[tuple[Term, float, torch.Tensor]]]:
+        """evaluate_groups over `groups` and one group per term active at this step (s_i ≠ 0: copies of the
+        conditional rows `cond_rows` of `call`). Returns the denoiser call's output, the outputs of `groups`, and
+        the active terms with their s_i and outputs."""
         run = self.current_run
-        return [(term, scales[run.step]) for term, scales in zip(self.guidance.terms, run.term_scales, strict=True)
-                if scales[run.step] is not None]
+        terms = [(term, scales[run.step]) for term, scales in zip(self.guidance.terms, run.term_scales, strict=True)
+                 if scales[run.step] is not None]
+        cond = call.take(cond_rows) if terms else call
+        out, outputs = self.evaluate_groups([*groups, *(Group(cond, term.reference) for term, _ in terms)])
+        given = len(groups)
+        return out, outputs[:given], [(term, s, output) for (term, s), output in zip(terms, outputs[given:],
+                                                                                     strict=True)]
 
     def evaluate(self, call: DenoiserCall) -> Any:
         """Run the original denoiser forward on `call` as it is."""
@@ -261,7 +265,8 @@ class Session:
         """Evaluate the groups of a step: those on the denoiser in ONE call — each reference prepares its own rows and
         its perturbation touches only them — and those whose reference brings its own network (autoguidance) in a
         call of that network. Returns the denoiser call's output and each group's output rows."""
-        own = [g for g in groups if self._network_of(g) is None]
+        networks = [self._network_of(g) for g in groups]
+        own = [g for g, network in zip(groups, networks, strict=True) if network is None]
         joined = DenoiserCall.concat([g.call for g in own]) if len(own) > 1 else own[0].call
         bounds, start = [], 0
         for group in own:
@@ -290,8 +295,7 @@ class Session:
         first = first_output(out)
         outputs = iter([first[rows] for rows in bounds])
         results = []
-        for group in groups:
-            network = self._network_of(group)
+        for group, network in zip(groups, networks, strict=True):
             if network is None:
                 results.append(next(outputs))
                 continue

@@ -64,6 +64,9 @@ class Adapter:
         """Answer one of the step's first `calls_per_step` denoiser calls with the guided output."""
         raise NotImplementedError
 
+    def check_call(self, call: DenoiserCall) -> None:
+        """Raise for a denoiser call of a guided run that guidance cannot serve (called for every one)."""
+
     def end_step(self, run: Run) -> None:
         """Called after the scheduler's step: raise if the step's calls did not complete the protocol."""
 
@@ -158,10 +161,6 @@ class Adapter:
 
     def run_kwargs(self, kwargs: dict[str, Any], needs_pipeline_reference: bool) -> dict[str, Any]:
         """The pipeline call arguments for guidance.run: CFG batching switched on."""
-        if kwargs.get("skip_guidance_layers") is not None:
-            raise GuidanceError("guidance.run computes skip-layer guidance itself: put it in the spec as an slg term "
-                                "(terms: [{reference: {name: slg, layers: [7, 8, 9]}, scale: 2.8, schedule: {name: "
-                                "steps}}]) and drop skip_guidance_layers.")
         for key in ("guidance_scale", "guidance_rescale"):
             if key in kwargs:
                 raise GuidanceError(

@@ -57,23 +57,18 @@ class DoubledBatchAdapter(Adapter):
             zero = session.zero(x)
             return session.output(call, torch.cat([zero, zero]))
         reference = session.guidance.reference
-        cond_call = call.take(cond_rows)
         own_batch = w is not None and len(samples) == batch and not reference.from_condition
         if own_batch:  # the pipeline's own [uncond; cond] rows, in its order
             groups = [Group(call)]
         else:
-            groups = [Group(cond_call)]
+            groups = [Group(call.take(cond_rows))]
             if samples:
                 source = cond_rows if reference.from_condition else reference_rows
                 groups.append(Group(session.reference_call(call, source, samples), reference))
-        terms = session.active_terms()
-        groups += [Group(cond_call, term.reference) for term, _ in terms]
-        out, outputs = session.evaluate_groups(groups)
+        out, outputs, terms = session.evaluate_step(groups, call, cond_rows)
         if own_batch:
             cond, reference_prediction = outputs[0][cond_rows], outputs[0][reference_rows]
         else:
             cond, reference_prediction = outputs[0], outputs[1] if samples else None
-        term_outputs = outputs[len(outputs) - len(terms):]
-        guided = session.guide(w, x, cond, reference_prediction, samples,
-                               [(term, s, output) for (term, s), output in zip(terms, term_outputs, strict=True)])
+        guided = session.guide(w, x, cond, reference_prediction, samples, terms)
         return with_first_output(out, torch.cat([guided, guided]))

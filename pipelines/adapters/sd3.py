@@ -5,10 +5,19 @@ The time embedding is `transformer.time_text_embed.timestep_embedder` (the poole
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
+from guidance.errors import GuidanceError
+
+from ..call import DenoiserCall
 from .doubled import DoubledBatchAdapter
+
+SKIP_LAYERS = ("SD3's own skip-layer guidance (skip_guidance_layers) would build its term from the guided prediction. "
+               "Put it in the spec instead: terms: [{reference: {name: slg, layers: [7, 8, 9]}, scale: 2.8, schedule: "
+               "{name: steps, start: 0.01, stop: 0.2}}], and drop skip_guidance_layers.")
 
 
 class SD3Adapter(DoubledBatchAdapter):
@@ -18,6 +27,17 @@ class SD3Adapter(DoubledBatchAdapter):
     joint_blocks = True
     block_lists = ("transformer_blocks",)
     skip_layers = (7, 8, 9)  # SD3.5 Medium's skip-layer guidance (diffusers, Stability AI's sd3_infer.py)
+
+    def run_kwargs(self, kwargs: dict[str, Any], needs_pipeline_reference: bool) -> dict[str, Any]:
+        if kwargs.get("skip_guidance_layers") is not None:
+            raise GuidanceError(SKIP_LAYERS)
+        return super().run_kwargs(kwargs, needs_pipeline_reference)
+
+    def check_call(self, call: DenoiserCall) -> None:
+        """SD3's own skip-layer guidance runs an extra call with `skip_layers` and combines it with the guided
+        output the pipeline received: refused (an slg term does it right)."""
+        if call.get(("skip_layers",)) is not None:
+            raise GuidanceError(SKIP_LAYERS)
 
     def time_embedders(self) -> list[nn.Module]:
         return [self.denoiser.time_text_embed.timestep_embedder]

@@ -58,12 +58,8 @@ class SeparateCallsAdapter(Adapter):
         groups = [Group(call)]
         if samples and reference.from_condition:
             groups.append(Group(session.reference_call(call, everyone, samples), reference))
-        terms = session.active_terms()
-        groups += [Group(call, term.reference) for term, _ in terms]
-        out, outputs = session.evaluate_groups(groups)
+        out, outputs, term_outputs = session.evaluate_step(groups, call, everyone)
         cond = outputs[0]
-        term_outputs = [(term, s, output) for (term, s), output in
-                        zip(terms, outputs[len(outputs) - len(terms):], strict=True)]
         if samples and not reference.from_condition:
             run.carried = AwaitingNegative(call.sample, cond, samples, w, term_outputs)
             return with_first_output(out, cond)
