@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 import guidance
 
 from ..errors import GuidanceError
+from ..pipelines.adapters import adapter_for
 from ..pipelines.api import run
 from .config import RunConfig, validate
 from .loading import load_model
@@ -75,9 +76,9 @@ def call_kwargs(pipe: Any, config: RunConfig, items: list[str | int], seed: int)
     if "class_labels" in accepted:
         if not all(isinstance(item, int) for item in items):
             raise GuidanceError(f"{type(pipe).__name__} is class-conditional: give `class_labels`, not `prompts`.")
-        classes = getattr(pipe, "num_classes", None) or pipe.transformer.config.get("num_embeds_ada_norm")
+        classes = adapter_for(pipe).num_classes(pipe)  # the family's own count (DiT: 1000, digits: 10)
         null = getattr(pipe, "null_class", None)  # the digits pipelines sample unconditionally for it
-        outside = sorted({item for item in items if item >= classes and item != null})
+        outside = sorted({item for item in items if classes is not None and item >= classes and item != null})
         if outside:
             also = "" if null is None else f", or {null} for unconditional samples"
             raise GuidanceError(f"class_labels {outside} are outside the {classes} classes of {type(pipe).__name__} "
