@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 from diffusers import (
-    AutoencoderKL,
     AutoencoderKLQwenImage,
     AutoencoderKLWan,
     DDIMScheduler,
@@ -44,93 +43,34 @@ from diffusers import (
     WanPipeline,
     WanTransformer3DModel,
 )
-from tokenizers.pre_tokenizers import ByteLevel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from ..schedulers import set_scheduler
-
-FAMILIES = ("sd", "sdxl", "sd3", "sd35", "flux", "pixart", "pixart_sigma", "dit", "wan", "qwenimage")
-
-TOKENIZER_MAX_LENGTH = 16
-TEXT_DIM = 32  # hidden size of every tiny text encoder and of the embeddings fed to SD3/Flux/PixArt
-TEXT_SEQ_LEN = 8  # token count of the embeddings returned by ``tiny_call_kwargs``
-IMAGE_SIZE = 16  # pixels; every tiny VAE downsamples by 2, so latents are 8 x 8
-NULL_CLASS = 1000  # DiT's null class id (``num_embeds_ada_norm``)
-
-_LATENT_SIZE = IMAGE_SIZE // 2
-_PROMPT_WORDS = ("cat", "dog", "owl", "fox", "cow", "bee", "elk", "ant")
-# Stable Diffusion 1.x scheduler config (scaled-linear betas, "leading" spacing, no clipping), the base
-# of every tiny diffusion (non-flow) pipeline's scheduler.
-_SD_SCHEDULER_CONFIG: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-}
-
+from .components import (
+    IMAGE_SIZE,
+    LATENT_SIZE,
+    NULL_CLASS,
+    PROMPT_WORDS,
+    SD_SCHEDULER_CONFIG,
+    TEXT_DIM,
+    TEXT_SEQ_LEN,
+    embeds,
+    finish,
+    image,
+    small_vae,
+    text_config,
+    tiny_tokenizer,
+)
 
 # The UNet settings SD and SDXL share: two levels of widths 16 and 32 over the 8 x 8 latents.
-_TWO_LEVEL_UNET: dict[str, Any] = {"sample_size": _LATENT_SIZE, "in_channels": 4, "out_channels": 4,
+_TWO_LEVEL_UNET: dict[str, Any] = {"sample_size": LATENT_SIZE, "in_channels": 4, "out_channels": 4,
                                    "block_out_channels": (16, 32), "layers_per_block": 1, "norm_num_groups": 8}
 # The transformer settings PixArt and DiT share: 2 blocks over 2 x 2 patches of the 8 x 8 latents, learned sigma.
 _LEARNED_SIGMA_DIT: dict[str, Any] = {
-    "sample_size": _LATENT_SIZE, "num_layers": 2, "patch_size": 2, "attention_head_dim": 8, "num_attention_heads": 2,
+    "sample_size": LATENT_SIZE, "num_layers": 2, "patch_size": 2, "attention_head_dim": 8, "num_attention_heads": 2,
     "in_channels": 4, "out_channels": 8, "attention_bias": True, "activation_fn": "gelu-approximate",
     "norm_elementwise_affine": False,
 }
-
-
-def tiny_tokenizer() -> CLIPTokenizer:
-    """A byte-level CLIP tokenizer built in memory (no merges: one token per character)."""
-    alphabet = sorted(ByteLevel.alphabet())
-    symbols = [*alphabet, *(s + "</w>" for s in alphabet), "<|startoftext|>", "<|endoftext|>"]
-    vocab = {symbol: i for i, symbol in enumerate(symbols)}
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=TOKENIZER_MAX_LENGTH)
-
-
-def _text_config(tokenizer: CLIPTokenizer, **overrides: Any) -> CLIPTextConfig:
-    """A 2-layer CLIP text config whose special-token ids match ``tokenizer``."""
-    return CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=TEXT_DIM,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=TOKENIZER_MAX_LENGTH,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **overrides,
-    )
-
-
-def _vae(**overrides: Any) -> AutoencoderKL:
-    """A 2-level VAE (downsampling factor 2) with 4 latent channels."""
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=IMAGE_SIZE,
-        **overrides,
-    )
-
-
-def _finish(pipe: DiffusionPipeline) -> DiffusionPipeline:
-    """Put the pipeline in its test state: eval mode, no progress bars."""
-    for component in pipe.components.values():
-        if isinstance(component, torch.nn.Module):
-            component.eval()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def tiny_sd(
@@ -147,16 +87,16 @@ def tiny_sd(
     )
     tokenizer = tiny_tokenizer()
     pipe = StableDiffusionPipeline(
-        vae=_vae(),
-        text_encoder=CLIPTextModel(_text_config(tokenizer)),
+        vae=small_vae(),
+        text_encoder=CLIPTextModel(text_config(tokenizer)),
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=DDIMScheduler(**_SD_SCHEDULER_CONFIG, prediction_type=prediction_type),
+        scheduler=DDIMScheduler(**SD_SCHEDULER_CONFIG, prediction_type=prediction_type),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    return set_scheduler(_finish(pipe), scheduler)
+    return set_scheduler(finish(pipe), scheduler)
 
 
 def tiny_sdxl(seed: int = 0) -> StableDiffusionXLPipeline:
@@ -178,16 +118,16 @@ def tiny_sdxl(seed: int = 0) -> StableDiffusionXLPipeline:
     tokenizer = tiny_tokenizer()
     tokenizer_2 = tiny_tokenizer()
     pipe = StableDiffusionXLPipeline(
-        vae=_vae(),
-        text_encoder=CLIPTextModel(_text_config(tokenizer)),
-        text_encoder_2=CLIPTextModelWithProjection(_text_config(tokenizer_2, projection_dim=TEXT_DIM)),
+        vae=small_vae(),
+        text_encoder=CLIPTextModel(text_config(tokenizer)),
+        text_encoder_2=CLIPTextModelWithProjection(text_config(tokenizer_2, projection_dim=TEXT_DIM)),
         tokenizer=tokenizer,
         tokenizer_2=tokenizer_2,
         unet=unet,
-        scheduler=DDIMScheduler(**_SD_SCHEDULER_CONFIG),
+        scheduler=DDIMScheduler(**SD_SCHEDULER_CONFIG),
         add_watermarker=False,
     )
-    return set_scheduler(_finish(pipe), "euler")
+    return set_scheduler(finish(pipe), "euler")
 
 
 def tiny_sd3(seed: int = 0, **transformer: Any) -> StableDiffusion3Pipeline:
@@ -196,7 +136,7 @@ def tiny_sd3(seed: int = 0, **transformer: Any) -> StableDiffusion3Pipeline:
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
         **transformer,
-        sample_size=_LATENT_SIZE,
+        sample_size=LATENT_SIZE,
         patch_size=2,
         in_channels=4,
         out_channels=4,
@@ -206,12 +146,12 @@ def tiny_sd3(seed: int = 0, **transformer: Any) -> StableDiffusion3Pipeline:
         joint_attention_dim=TEXT_DIM,
         caption_projection_dim=16,
         pooled_projection_dim=TEXT_DIM,
-        pos_embed_max_size=_LATENT_SIZE,
+        pos_embed_max_size=LATENT_SIZE,
     )
     pipe = StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=_vae(shift_factor=0.0),
+        vae=small_vae(shift_factor=0.0),
         text_encoder=None,
         tokenizer=None,
         text_encoder_2=None,
@@ -219,7 +159,7 @@ def tiny_sd3(seed: int = 0, **transformer: Any) -> StableDiffusion3Pipeline:
         text_encoder_3=None,
         tokenizer_3=None,
     )
-    return _finish(pipe)
+    return finish(pipe)
 
 
 def tiny_flux(seed: int = 0) -> FluxPipeline:
@@ -247,14 +187,14 @@ def tiny_flux(seed: int = 0) -> FluxPipeline:
     )
     pipe = FluxPipeline(
         scheduler=scheduler,
-        vae=_vae(shift_factor=0.0),
+        vae=small_vae(shift_factor=0.0),
         text_encoder=None,
         tokenizer=None,
         text_encoder_2=None,
         tokenizer_2=None,
         transformer=transformer,
     )
-    return _finish(pipe)
+    return finish(pipe)
 
 
 def tiny_pixart(seed: int = 0, sigma: bool = False) -> PixArtAlphaPipeline | PixArtSigmaPipeline:
@@ -272,11 +212,11 @@ def tiny_pixart(seed: int = 0, sigma: bool = False) -> PixArtAlphaPipeline | Pix
     pipe = pipeline_class(
         tokenizer=None,
         text_encoder=None,
-        vae=_vae(),
+        vae=small_vae(),
         transformer=transformer,
-        scheduler=DDIMScheduler(**_SD_SCHEDULER_CONFIG),
+        scheduler=DDIMScheduler(**SD_SCHEDULER_CONFIG),
     )
-    return set_scheduler(_finish(pipe), "dpmpp_2m")
+    return set_scheduler(finish(pipe), "dpmpp_2m")
 
 
 def tiny_dit(seed: int = 0) -> DiTPipeline:
@@ -285,11 +225,11 @@ def tiny_dit(seed: int = 0) -> DiTPipeline:
     transformer = DiTTransformer2DModel(**_LEARNED_SIGMA_DIT, num_embeds_ada_norm=NULL_CLASS, norm_type="ada_norm_zero")
     pipe = DiTPipeline(
         transformer=transformer,
-        vae=_vae(),
-        scheduler=DDIMScheduler(**_SD_SCHEDULER_CONFIG),
+        vae=small_vae(),
+        scheduler=DDIMScheduler(**SD_SCHEDULER_CONFIG),
         id2label={i: f"class {i}" for i in range(NULL_CLASS)},
     )
-    return _finish(pipe)
+    return finish(pipe)
 
 
 def sd15_like(width: int = 64, text_width: int = 64, seed: int = 0, device: str = "cpu") -> StableDiffusionPipeline:
@@ -312,8 +252,9 @@ def sd15_like(width: int = 64, text_width: int = 64, seed: int = 0, device: str 
             attention_head_dim=8)
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                               set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=_vae(), text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(vae=small_vae(), text_encoder=text, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.eval()
     pipe.set_progress_bar_config(disable=True)
@@ -332,7 +273,7 @@ def tiny_wan(seed: int = 0) -> WanPipeline:
         qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
     pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer,
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0))
-    return _finish(pipe)
+    return finish(pipe)
 
 
 def tiny_qwenimage(seed: int = 0) -> QwenImagePipeline:
@@ -346,26 +287,94 @@ def tiny_qwenimage(seed: int = 0) -> QwenImagePipeline:
                                  temperal_downsample=[False, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
     pipe = QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None,
                              tokenizer=None, transformer=transformer)
-    return _finish(pipe)
+    return finish(pipe)
+
+
+# family → its tiny builder (adding a family: its builder and call arguments, and a line here)
+BUILDERS: dict[str, Any] = {
+    "sd": tiny_sd,
+    "sdxl": tiny_sdxl,
+    "sd3": tiny_sd3,
+    "sd35": partial(tiny_sd3, qk_norm="rms_norm", dual_attention_layers=(0,)),
+    "flux": tiny_flux,
+    "pixart": tiny_pixart,
+    "pixart_sigma": partial(tiny_pixart, sigma=True),
+    "dit": tiny_dit,
+    "wan": tiny_wan,
+    "qwenimage": tiny_qwenimage,
+}
+FAMILIES = tuple(BUILDERS)
 
 
 def tiny_pipeline(family: str, seed: int = 0) -> DiffusionPipeline:
     """Build the tiny pipeline of ``family`` (one of ``FAMILIES``) with its default scheduler."""
-    builders = {
-        "sd": tiny_sd,
-        "sdxl": tiny_sdxl,
-        "sd3": tiny_sd3,
-        "sd35": partial(tiny_sd3, qk_norm="rms_norm", dual_attention_layers=(0,)),
-        "flux": tiny_flux,
-        "pixart": tiny_pixart,
-        "pixart_sigma": partial(tiny_pixart, sigma=True),
-        "dit": tiny_dit,
-        "wan": tiny_wan,
-        "qwenimage": tiny_qwenimage,
-    }
-    if family not in builders:
+    if family not in BUILDERS:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
-    return builders[family](seed=seed)
+    return BUILDERS[family](seed=seed)
+
+
+def _class_arguments(batch: int, rng: torch.Generator, scale: float, seed: int) -> dict[str, Any]:
+    labels = torch.randint(0, NULL_CLASS, (batch,), generator=rng)
+    return {"class_labels": labels.tolist(), "guidance_scale": scale, "output_type": "pt"}
+
+
+def _prompt_arguments(batch: int, rng: torch.Generator, scale: float, seed: int) -> dict[str, Any]:
+    prompts = [PROMPT_WORDS[(seed + i) % len(PROMPT_WORDS)] for i in range(batch)]
+    return image() | {"prompt": prompts, "negative_prompt": ["blurry"] * batch, "guidance_scale": scale}
+
+
+def _pixart_arguments(batch: int, rng: torch.Generator, scale: float, seed: int) -> dict[str, Any]:
+    mask = torch.ones(batch, TEXT_SEQ_LEN, dtype=torch.long)
+    mask[:, TEXT_SEQ_LEN // 2 :] = 0  # padded tail, as a real T5 prompt would have
+    return image() | {
+        "prompt_embeds": embeds(batch, rng), "prompt_attention_mask": mask,
+        "negative_prompt": None,  # the default "" would clash with negative_prompt_embeds
+        "negative_prompt_embeds": embeds(batch, rng), "negative_prompt_attention_mask": mask.clone(),
+        "guidance_scale": scale, "use_resolution_binning": False,
+    }
+
+
+def _pooled_arguments(batch: int, rng: torch.Generator, scale: float, seed: int) -> dict[str, Any]:
+    return image() | {
+        "prompt_embeds": embeds(batch, rng), "pooled_prompt_embeds": torch.randn(batch, TEXT_DIM, generator=rng),
+        "negative_prompt_embeds": embeds(batch, rng),
+        "negative_pooled_prompt_embeds": torch.randn(batch, TEXT_DIM, generator=rng),
+        "guidance_scale": scale,
+    }
+
+
+def _flux_arguments(batch: int, rng: torch.Generator, scale: float, seed: int) -> dict[str, Any]:
+    kwargs = _pooled_arguments(batch, rng, scale, seed)
+    del kwargs["guidance_scale"]
+    return kwargs | {"true_cfg_scale": scale}
+
+
+def _qwenimage_arguments(batch: int, rng: torch.Generator, scale: float, seed: int) -> dict[str, Any]:
+    mask = torch.ones(batch, TEXT_SEQ_LEN, dtype=torch.long)
+    return image(2 * IMAGE_SIZE) | {
+        "prompt_embeds": embeds(batch, rng), "negative_prompt_embeds": embeds(batch, rng),
+        "prompt_embeds_mask": mask, "negative_prompt_embeds_mask": mask.clone(), "true_cfg_scale": scale,
+    }
+
+
+def _wan_arguments(batch: int, rng: torch.Generator, scale: float, seed: int) -> dict[str, Any]:
+    return image() | {"prompt_embeds": embeds(batch, rng), "negative_prompt_embeds": embeds(batch, rng),
+                       "num_frames": 5, "guidance_scale": scale}
+
+
+# family → its call arguments (batch, generator for random inputs, guidance scale, seed) beyond steps and generator
+CALL_ARGUMENTS: dict[str, Any] = {
+    "sd": _prompt_arguments,
+    "sdxl": _prompt_arguments,
+    "sd3": _pooled_arguments,
+    "sd35": _pooled_arguments,
+    "flux": _flux_arguments,
+    "pixart": _pixart_arguments,
+    "pixart_sigma": _pixart_arguments,
+    "dit": _class_arguments,
+    "wan": _wan_arguments,
+    "qwenimage": _qwenimage_arguments,
+}
 
 
 def tiny_call_kwargs(
@@ -377,65 +386,13 @@ def tiny_call_kwargs(
 ) -> dict[str, Any]:
     """Call arguments for the tiny pipeline of ``family``, deterministic from ``seed``.
 
-    SD/SDXL get short prompts (run through the tiny tokenizer), SD3/Flux/PixArt get random embeddings
-    (``TEXT_SEQ_LEN`` x ``TEXT_DIM``), DiT gets class labels. Flux's ``guidance_scale`` becomes
-    ``true_cfg_scale``. All but DiT return latents; Flux's are packed ``(batch, tokens, 4 * channels)``; Wan's
+    SD/SDXL get short prompts (run through the tiny tokenizer), the others random embeddings (``TEXT_SEQ_LEN`` x
+    ``TEXT_DIM``), DiT class labels. ``guidance_scale`` becomes ``true_cfg_scale`` where that is the pipeline's CFG
+    switch (Flux, Qwen-Image). All but DiT return latents; Flux's are packed ``(batch, tokens, 4 * channels)``; Wan's
     (5 frames) are ``(batch, 16, 2, 4, 4)`` video latents in ``.frames``.
     """
-    if family not in FAMILIES:
+    if family not in CALL_ARGUMENTS:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
     rng = torch.Generator().manual_seed(seed)
-    kwargs: dict[str, Any] = {
-        "num_inference_steps": num_inference_steps,
-        "generator": torch.Generator().manual_seed(seed),
-    }
-    if family == "dit":
-        labels = torch.randint(0, NULL_CLASS, (batch,), generator=rng)
-        return kwargs | {
-            "class_labels": labels.tolist(),
-            "guidance_scale": guidance_scale,
-            "output_type": "pt",
-        }
-
-    kwargs |= {"height": IMAGE_SIZE, "width": IMAGE_SIZE, "output_type": "latent"}
-    if family in ("sd", "sdxl"):
-        prompts = [_PROMPT_WORDS[(seed + i) % len(_PROMPT_WORDS)] for i in range(batch)]
-        return kwargs | {
-            "prompt": prompts,
-            "negative_prompt": ["blurry"] * batch,
-            "guidance_scale": guidance_scale,
-        }
-
-    def embeds() -> torch.Tensor:
-        return torch.randn(batch, TEXT_SEQ_LEN, TEXT_DIM, generator=rng)
-
-    if family in ("pixart", "pixart_sigma"):
-        mask = torch.ones(batch, TEXT_SEQ_LEN, dtype=torch.long)
-        mask[:, TEXT_SEQ_LEN // 2 :] = 0  # padded tail, as a real T5 prompt would have
-        return kwargs | {
-            "prompt_embeds": embeds(),
-            "prompt_attention_mask": mask,
-            "negative_prompt": None,  # the default "" would clash with negative_prompt_embeds
-            "negative_prompt_embeds": embeds(),
-            "negative_prompt_attention_mask": mask.clone(),
-            "guidance_scale": guidance_scale,
-            "use_resolution_binning": False,
-        }
-
-    kwargs |= {
-        "prompt_embeds": embeds(),
-        "pooled_prompt_embeds": torch.randn(batch, TEXT_DIM, generator=rng),
-        "negative_prompt_embeds": embeds(),
-        "negative_pooled_prompt_embeds": torch.randn(batch, TEXT_DIM, generator=rng),
-    }
-    if family == "flux":
-        return kwargs | {"true_cfg_scale": guidance_scale}
-    if family == "qwenimage":
-        mask = torch.ones(batch, TEXT_SEQ_LEN, dtype=torch.long)
-        return {**{k: v for k, v in kwargs.items() if "pooled" not in k}, "prompt_embeds_mask": mask,
-                "negative_prompt_embeds_mask": mask.clone(), "height": 2 * IMAGE_SIZE, "width": 2 * IMAGE_SIZE,
-                "true_cfg_scale": guidance_scale}
-    if family == "wan":
-        return {**{k: v for k, v in kwargs.items() if "pooled" not in k}, "num_frames": 5,
-                "guidance_scale": guidance_scale}
-    return kwargs | {"guidance_scale": guidance_scale}
+    return {"num_inference_steps": num_inference_steps, "generator": torch.Generator().manual_seed(seed),
+            **CALL_ARGUMENTS[family](batch, rng, guidance_scale, seed)}

@@ -1,0 +1,180 @@
+"""Each family's prediction type and time convention are right: APG's x̂0-space update, computed by hand from the
+denoiser's native outputs and the family's facts as read from its pipeline code (docs/CONVENTIONS.md §3), equals
+the prediction guidance hands the scheduler on every step of every family.
+
+The facts below are this test's own (not the adapters'): how the pipeline batches its CFG branches, what its
+denoiser predicts, how the time it passes maps to the scheduler's noise level, and what the pipeline does to the
+combined prediction before its scheduler step.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+import guidance
+from guidance.pipelines.testing.tiny import FAMILIES, tiny_call_kwargs, tiny_pipeline
+
+from conftest import strip_scales
+
+B = 2
+N = 4
+W = 5.0
+
+
+def norm_rescale(cond: torch.Tensor, guided: torch.Tensor) -> torch.Tensor:
+    """Qwen-Image's rescale of the combined prediction to the conditional's norm, per token."""
+    return guided * (cond.norm(dim=-1, keepdim=True) / guided.norm(dim=-1, keepdim=True))
+
+
+@dataclass(frozen=True)
+class Facts:
+    """protocol: "doubled" (one call on [uncond; cond], or [cond; uncond] with cond_first) or "separate" (a cond
+    call, then a negative call); prediction: "epsilon", "v_prediction" or "flow" (x_t = (1 − σ)·x0 + σ·n, output
+    n − x0 at the scheduler's σ); channels: output channels that are the prediction (learned variance); after: the
+    pipeline's own change to the combined prediction."""
+
+    protocol: str
+    prediction: str
+    cond_first: bool = False
+    channels: int | None = None
+    after: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+
+
+FACTS = {
+    "sd": Facts("doubled", "epsilon"),
+    "sdxl": Facts("doubled", "epsilon"),
+    "sd3": Facts("doubled", "flow"),
+    "sd35": Facts("doubled", "flow"),
+    "flux": Facts("separate", "flow"),
+    "pixart": Facts("doubled", "epsilon", channels=4),
+    "pixart_sigma": Facts("doubled", "epsilon", channels=4),
+    "dit": Facts("doubled", "epsilon", cond_first=True, channels=4),
+    "wan": Facts("separate", "flow"),
+    "qwenimage": Facts("separate", "flow", after=norm_rescale),
+}
+
+
+def test_every_family_has_facts() -> None:
+    assert set(FACTS) == set(FAMILIES)
+
+
+class Recorder:
+    """Every denoiser call's inputs (a forward pre-hook) and every scheduler step's inputs, grouped by step."""
+
+    def __init__(self, pipe, denoiser) -> None:
+        self.calls: list[tuple[tuple, dict]] = []
+        self.steps: list[tuple[torch.Tensor, int]] = []  # (model_output, calls so far)
+        self.handle = denoiser.register_forward_pre_hook(
+            lambda module, args, kwargs: self.calls.append((args, dict(kwargs))), with_kwargs=True)
+        self.scheduler = pipe.scheduler
+        original = pipe.scheduler.step
+
+        @functools.wraps(original)
+        def step(model_output, *args, **kwargs):
+            self.steps.append((model_output.detach().clone(), len(self.calls)))
+            return original(model_output, *args, **kwargs)
+
+        pipe.scheduler.step = step
+
+    def close(self) -> None:
+        self.handle.remove()
+        del self.scheduler.step
+
+    def per_step(self) -> list[list[tuple[tuple, dict]]]:
+        bounds = [0, *(n for _, n in self.steps)]
+        return [self.calls[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def native(denoiser, call: tuple[tuple, dict]) -> torch.Tensor:
+    args, kwargs = call
+    with torch.no_grad():
+        return denoiser(*args, **{**kwargs, "return_dict": False})[0].double()
+
+
+def input_of(call: tuple[tuple, dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_t, timestep) the pipeline passed to its denoiser."""
+    args, kwargs = call
+    x = kwargs.get("hidden_states", kwargs.get("sample", args[0] if args else None))
+    return x.double(), kwargs.get("timestep", args[1] if len(args) > 1 else None)
+
+
+def coefficients(pipe, facts: Facts, k: int, timestep: torch.Tensor) -> tuple[float, float]:
+    """(a, s) of x_t = a·x0 + s·n at step k, from the scheduler's own values."""
+    scheduler = pipe.scheduler
+    if facts.prediction == "flow":
+        sigma = float(scheduler.sigmas[k])
+        return 1.0 - sigma, sigma
+    alpha = float(scheduler.alphas_cumprod[int(timestep.flatten()[0])])
+    return math.sqrt(alpha), math.sqrt(1.0 - alpha)
+
+
+def to_x0(facts: Facts, out: torch.Tensor, x: torch.Tensor, a: float, s: float) -> torch.Tensor:
+    if facts.prediction == "epsilon":
+        return (x - s * out) / a
+    if facts.prediction == "v_prediction":
+        return a * x - s * out
+    return x - s * out
+
+
+def from_x0(facts: Facts, x0: torch.Tensor, x: torch.Tensor, a: float, s: float) -> torch.Tensor:
+    if facts.prediction == "epsilon":
+        return (x - a * x0) / s
+    if facts.prediction == "v_prediction":
+        return (a * x - x0) / s
+    return (x - x0) / s
+
+
+def per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * (like.ndim - 1)))
+
+
+def apg_by_hand(x0_c: torch.Tensor, x0_u: torch.Tensor) -> torch.Tensor:
+    """APG with η = 0, no norm threshold, no momentum (arXiv 2410.02416 eq. 4–5): x̂0_c + (w − 1)·Δ⊥."""
+    delta = (x0_c - x0_u).flatten(1)
+    c = x0_c.flatten(1)
+    parallel = ((delta * c).sum(1, keepdim=True) / (c * c).sum(1, keepdim=True)) * c
+    return x0_c + (W - 1) * (delta - parallel).view_as(x0_c)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_apg_in_x0_space_matches_hand_formula(family: str) -> None:
+    facts = FACTS[family]
+    pipe = tiny_pipeline(family)
+    denoiser = getattr(pipe, "transformer", None) or pipe.unet
+    recorder = Recorder(pipe, denoiser)
+    spec = {"scale": W, "rule": {"name": "apg", "eta": 0.0, "norm_threshold": None, "momentum": 0.0}}
+    guidance.run(pipe, spec, **strip_scales(tiny_call_kwargs(family, batch=B, seed=3, num_inference_steps=N)))
+    recorder.close()
+    groups = recorder.per_step()
+    assert len(groups) == N
+    for k, (calls, (guided, _)) in enumerate(zip(groups, recorder.steps, strict=True)):
+        if facts.protocol == "separate":
+            assert len(calls) == 2, f"step {k}: {len(calls)} denoiser calls"
+            cond, uncond = native(denoiser, calls[0]), native(denoiser, calls[1])
+            x, timestep = input_of(calls[0])
+        else:
+            assert len(calls) == 1, f"step {k}: {len(calls)} denoiser calls"
+            first, second = native(denoiser, calls[0]).chunk(2)
+            cond, uncond = (first, second) if facts.cond_first else (second, first)
+            x, timestep = input_of(calls[0])
+            x = x.chunk(2)[0 if facts.cond_first else 1]
+        if facts.channels:
+            cond, uncond = cond[:, :facts.channels], uncond[:, :facts.channels]
+        a, s = coefficients(pipe, facts, k, timestep)
+        x0_c, x0_u = to_x0(facts, cond, x, a, s), to_x0(facts, uncond, x, a, s)
+        expected = from_x0(facts, apg_by_hand(x0_c, x0_u), x, a, s)
+        if facts.after is not None:
+            expected = facts.after(cond, expected)
+        got = guided[:B].double()
+        if facts.channels:
+            got = got[:, :facts.channels]
+        error = float((got - expected).abs().max())
+        assert error <= 1e-4 * float(expected.abs().max()) + 1e-5, f"step {k}: guided is {error} from the hand APG"
+        assert float((got - from_x0(facts, x0_c + (W - 1) * (x0_c - x0_u), x, a, s)).abs().max()) > 1e-3, (
+            "the projection changed nothing: the check cannot tell APG from CFG here")
