@@ -215,11 +215,3 @@ def test_fit_linear_ag_then_generate_with_it(tmp_path, capsys) -> None:
     assert "fitted for sampler" in capsys.readouterr().err
 
 
-def test_a_video_pipeline_is_refused_by_generate_before_any_call(tmp_path) -> None:
-    from guidance.errors import GuidanceError
-    from guidance.pipelines.testing.tiny import tiny_pipeline
-
-    out = tmp_path / "out"
-    with pytest.raises(GuidanceError, match="makes videos.*guidance.run"):
-        generate(validate({"prompts": ["a cat"]}), out, pipe=tiny_pipeline("wan"), progress=False)
-    assert not any(out.glob("*"))

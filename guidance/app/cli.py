@@ -105,7 +105,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     config = validate(data, source)
     written = generate(config, args.out, overwrite=args.overwrite, progress=not args.no_progress,
                        allow_pickle=args.allow_pickle)
-    print(f"Wrote {len(written)} images to {written[0].parent if written else args.out or config.output.dir}")
+    kind = "images" if config.sampler.frames is None else "videos"
+    print(f"Wrote {len(written)} {kind} to {written[0].parent if written else args.out or config.output.dir}")
     return 0
 
 
@@ -241,12 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      "pipelines: generate, evaluate and compare.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     generate = sub.add_parser(
-        "generate", help="generate images from a run config (default: the bundled digits model, offline)",
-        description="Generate images from a run config. Each PNG carries the full resolved config, its seed and the "
-                    "library versions; --from-image regenerates an image from them, bit for bit on the same machine.",
+        "generate", help="generate images or videos from a run config (default: the bundled digits model, offline)",
+        description="Generate images (PNG) or videos (animated WebP, with sampler.frames on a video pipeline) from a "
+                    "run config. Each file carries the full resolved config, its seed and the library versions; "
+                    "--from-image regenerates an image or video from them, bit for bit on the same machine.",
         epilog="Example: guidance generate -c configs/digits-apg.yaml --set guidance.scale=10 --out out/")
     _add_run_options(generate)
-    generate.add_argument("--from-image", type=Path, metavar="IMG.png", help="regenerate this image from its metadata")
+    generate.add_argument("--from-image", type=Path, metavar="FILE",
+                          help="regenerate this image (.png) or video (.webp) from its metadata")
     generate.set_defaults(handler=cmd_generate)
     sweep = sub.add_parser(
         "sweep", help="a grid over config fields × seeds: labelled image grid, per-cell images, resumable",

@@ -46,13 +46,15 @@ class SamplerSection(Section):
     eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM's η (digits and DDIM schedulers)")
     height: int | None = Field(None, ge=8, le=4096, multiple_of=8)
     width: int | None = Field(None, ge=8, le=4096, multiple_of=8)
+    frames: int | None = Field(None, ge=1, le=1024, description="video pipelines: frames per video (num_frames)")
 
 
 class OutputSection(Section):
-    """Where images go: `dir/prefix-<item>-<image>.png`."""
+    """Where images go: `dir/prefix-<item>-<image>.png`, or `.webp` (animated) for videos, played at `fps`."""
 
     dir: str = "outputs"
     prefix: str = Field("image", pattern=r"^[A-Za-z0-9._-]+$")
+    fps: int = Field(16, ge=1, le=240)
 
 
 class RunConfig(Section):

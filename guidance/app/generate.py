@@ -1,12 +1,12 @@
-"""`guidance generate`: images from a run config, with the full resolved config, seed and library versions in
-every PNG's metadata, so that `--from-image` regenerates an image bit for bit on the same machine. Writes are
+"""`guidance generate`: images (PNG) or videos (animated WebP, media.py says why) from a run config, with the full
+resolved config, seed and library versions in every file's metadata, so that `--from-image` regenerates an image or
+video bit for bit on the same machine. Writes are
 atomic, nothing is overwritten without `overwrite`, and every target is checked before any work starts."""
 
 from __future__ import annotations
 
 import inspect
 import json
-import os
 import platform
 import tempfile
 from dataclasses import dataclass
@@ -16,7 +16,7 @@ from typing import Any
 import diffusers
 import torch
 import transformers
-from PIL import Image, PngImagePlugin
+from PIL import Image
 from tqdm.auto import tqdm
 
 import guidance
@@ -26,8 +26,7 @@ from ..pipelines.adapters import adapter_for
 from ..pipelines.api import run
 from .config import RunConfig, validate
 from .loading import load_model
-
-CONFIG_KEY, ITEM_KEY, VERSIONS_KEY = "guidance:config", "guidance:item", "guidance:versions"
+from .media import CONFIG_KEY, ITEM_KEY, VERSIONS_KEY, read_metadata, write_image, write_video
 
 
 @dataclass(frozen=True)
@@ -52,9 +51,10 @@ def versions() -> dict[str, str]:
 def plan(config: RunConfig, out_dir: Path, only: tuple[int, int] | None = None) -> list[Job]:
     """The calls of a run; `only` = (call index, image index) keeps one call and writes one of its images."""
     prefix, batch = config.output.prefix, config.sampler.batch
+    suffix = ".png" if config.sampler.frames is None else ".webp"
     jobs = []
     for i, item in enumerate(config.items()):
-        files = [out_dir / f"{prefix}-{i:03d}-{j:02d}.png" for j in range(batch)]
+        files = [out_dir / f"{prefix}-{i:03d}-{j:02d}{suffix}" for j in range(batch)]
         if only is not None:
             if i != only[0]:
                 continue
@@ -70,9 +70,9 @@ def call_kwargs(pipe: Any, config: RunConfig, items: list[str | int], seed: int)
     device = pipe.device if hasattr(pipe, "device") else "cpu"
     kwargs: dict[str, Any] = {"num_inference_steps": sampler.steps,
                               "generator": torch.Generator(device).manual_seed(seed), "output_type": "pil"}
-    if "num_frames" in accepted:
-        raise GuidanceError(f"{type(pipe).__name__} makes videos, which `guidance generate` and `sweep` do not write "
-                            "yet; guide it from Python with guidance.run(pipe, spec, ...).")
+    if "num_frames" in accepted and sampler.frames is None:
+        raise GuidanceError(f"{type(pipe).__name__} makes videos: set sampler.frames, the frames per video (its "
+                            "model card gives one, e.g. 81 for Wan), and each video is written as an animated WebP.")
     if "class_labels" in accepted:
         if not all(isinstance(item, int) for item in items):
             raise GuidanceError(f"{type(pipe).__name__} is class-conditional: give `class_labels`, not `prompts`.")
@@ -88,51 +88,29 @@ def call_kwargs(pipe: Any, config: RunConfig, items: list[str | int], seed: int)
         if not all(isinstance(item, str) for item in items):
             raise GuidanceError(f"{type(pipe).__name__} is a text-to-image pipeline: give `prompts`, not "
                                 "`class_labels`.")
-        kwargs.update(prompt=list(items), num_images_per_prompt=sampler.batch)
+        per_prompt = "num_videos_per_prompt" if "num_videos_per_prompt" in accepted else "num_images_per_prompt"
+        kwargs.update({"prompt": list(items), per_prompt: sampler.batch})
         if config.negative_prompt is not None:
             kwargs["negative_prompt"] = [config.negative_prompt] * len(items)
-    optional = {"eta": sampler.eta if sampler.eta else None, "height": sampler.height, "width": sampler.width}
-    for key, value in optional.items():
+    optional = {("eta", "eta"): sampler.eta if sampler.eta else None, ("height", "height"): sampler.height,
+                ("width", "width"): sampler.width, ("frames", "num_frames"): sampler.frames}
+    for (name, key), value in optional.items():
         if value is not None:
             if key not in accepted:
-                raise GuidanceError(f"sampler.{key} is set but {type(pipe).__name__} has no `{key}` argument; "
+                raise GuidanceError(f"sampler.{name} is set but {type(pipe).__name__} has no `{key}` argument; "
                                     "remove it from the config.")
             kwargs[key] = value
     return kwargs
 
 
-def read_metadata(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(config mapping, item record) stored in a PNG written by `generate`."""
-    try:
-        with Image.open(path) as image:
-            text = dict(image.text)  # type: ignore[attr-defined]
-    except (OSError, AttributeError):
-        raise GuidanceError(f"Cannot read '{path}' as a PNG image. Pass an image written by guidance generate.")\
-            from None
-    if CONFIG_KEY not in text or ITEM_KEY not in text:
-        raise GuidanceError(f"'{path}' carries no guidance metadata: only images written by guidance generate can be "
-                            "regenerated.")
-    return json.loads(text[CONFIG_KEY]), json.loads(text[ITEM_KEY])
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call write(temporary path) beside `path`, then move it into place: readers never see a partial file."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-
-
-def _save(image: Image.Image, path: Path, config: RunConfig, job: Job, position: int) -> None:
-    info = PngImagePlugin.PngInfo()
-    info.add_text(CONFIG_KEY, json.dumps(config.model_dump(mode="json"), sort_keys=True))
-    info.add_text(ITEM_KEY, json.dumps({"index": job.index, "image": position, "item": job.item, "seed": job.seed}))
-    info.add_text(VERSIONS_KEY, json.dumps(versions()))
-    atomic_write(path, lambda temporary: image.save(temporary, format="PNG", pnginfo=info))
+def _save(output: Image.Image | list[Image.Image], path: Path, config: RunConfig, job: Job, position: int) -> None:
+    records = {CONFIG_KEY: json.dumps(config.model_dump(mode="json"), sort_keys=True),
+               ITEM_KEY: json.dumps({"index": job.index, "image": position, "item": job.item, "seed": job.seed}),
+               VERSIONS_KEY: json.dumps(versions())}
+    if isinstance(output, Image.Image):
+        write_image(output, path, records)
+    else:
+        write_video(list(output), path, records, config.output.fps)
 
 
 def _made_from(path: Path, wanted: dict[str, Any]) -> bool:
@@ -165,12 +143,13 @@ def prepare(out_dir: Path, jobs: list[Job], overwrite: bool, resume: bool, confi
 
 
 def make(pipe: Any, config: RunConfig, job: Job) -> list[Path]:
-    """Run one job's pipeline call and write its images; returns the files written."""
-    images = run(pipe, config.guidance, **call_kwargs(pipe, config, [job.item], job.seed)).images
+    """Run one job's pipeline call and write its images or videos; returns the files written."""
+    result = run(pipe, config.guidance, **call_kwargs(pipe, config, [job.item], job.seed))
+    outputs = result.images if config.sampler.frames is None else result.frames
     written = []
-    for position, (image, path) in enumerate(zip(images, job.files, strict=True)):
+    for position, (output, path) in enumerate(zip(outputs, job.files, strict=True)):
         if path is not None:
-            _save(image, path, config, job, position)
+            _save(output, path, config, job, position)
             written.append(path)
     return written
 
@@ -192,7 +171,8 @@ def generate(config: RunConfig, out_dir: Path | None = None, overwrite: bool = F
 
 def regenerate(image_path: Path, out_dir: Path | None, overwrite: bool = False, progress: bool = True,
                allow_pickle: bool = False) -> Path:
-    """Regenerate one image from its own metadata (the same call, seed and batch; same machine: same pixels)."""
+    """Regenerate one image or video from its own metadata (the same call, seed and batch; same machine: same
+    pixels)."""
     data, item = read_metadata(Path(image_path))
     config = validate(data, f"{image_path} (metadata)")
     target = Path(out_dir) if out_dir is not None else Path(image_path).parent

@@ -25,8 +25,9 @@ from tqdm.auto import tqdm
 
 from ..errors import GuidanceError, shorten
 from .config import MAX_SEED, RunConfig, parse_value, set_path, validate
-from .generate import Job, atomic_write, call_kwargs, make, plan, prepare
+from .generate import Job, call_kwargs, make, plan, prepare
 from .loading import load_model
+from .media import atomic_write
 from .report import slug
 
 T = TypeVar("T")

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline
 from tokenizers.pre_tokenizers import ByteLevel
-from transformers import CLIPTextConfig, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTokenizer, T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
 TOKENIZER_MAX_LENGTH = 16
 TEXT_DIM = 32  # hidden size of every tiny text encoder and of the embeddings fed to SD3/Flux/PixArt
@@ -54,6 +54,13 @@ def text_config(tokenizer: CLIPTokenizer, **overrides: Any) -> CLIPTextConfig:
         pad_token_id=tokenizer.pad_token_id,
         **overrides,
     )
+
+
+def t5_text_encoder(tokenizer: CLIPTokenizer, multilingual: bool = False) -> T5EncoderModel | UMT5EncoderModel:
+    """A 2-layer T5 encoder (UMT5 with `multilingual`, as Wan's) of width TEXT_DIM over ``tokenizer``'s ids."""
+    config, model = (UMT5Config, UMT5EncoderModel) if multilingual else (T5Config, T5EncoderModel)
+    return model(config(vocab_size=len(tokenizer), d_model=TEXT_DIM, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+                        relative_attention_num_buckets=8, pad_token_id=tokenizer.pad_token_id)).eval()
 
 
 def small_vae(**overrides: Any) -> AutoencoderKL:
