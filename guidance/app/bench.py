@@ -25,16 +25,17 @@ import traceback
 import warnings
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import StableDiffusionPAGPipeline, StableDiffusionPipeline
+from diffusers import StableDiffusionPAGPipeline
 from torch.overrides import TorchFunctionMode
 
 from ..pipelines.api import attach, run
 from ..pipelines.bundled import BUNDLED
-from ..pipelines.testing.tiny import sd15_like, tiny_call_kwargs, tiny_pipeline
+from ..pipelines.testing.tiny import sd15_like, tiny_call_kwargs, tiny_pipeline, wan_like
 
 SCALE = 7.5
 NATIVE = "native diffusers CFG"
@@ -62,11 +63,24 @@ def baseline(label: str) -> str:
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 
 
-# name: (builder on a device, image side in pixels: latents are half of it)
-PIPELINES: dict[str, tuple[Callable[[str], StableDiffusionPipeline], int | None]] = {
-    "tiny": (lambda device: tiny_pipeline("sd"), None),
-    "sd15-like": (lambda device: sd15_like(64, 64, device=device), 64),
-    "sd15": (lambda device: sd15_like(320, 768, device=device), 128),
+@dataclass(frozen=True)
+class BenchPipeline:
+    """A random-weight benchmark pipeline: its builder on a device, its tiny family (call arguments), the image side
+    in pixels (None: the family's tiny size), for video the frame count, and the variants it has not."""
+
+    build: Callable[[str], Any]
+    family: str = "sd"
+    side: int | None = None
+    frames: int | None = None
+    without: tuple[str, ...] = ()
+
+
+PIPELINES: dict[str, BenchPipeline] = {
+    "tiny": BenchPipeline(lambda device: tiny_pipeline("sd")),
+    "sd15-like": BenchPipeline(lambda device: sd15_like(64, 64, device=device), side=64),
+    "sd15": BenchPipeline(lambda device: sd15_like(320, 768, device=device), side=128),
+    "wan-like": BenchPipeline(lambda device: wan_like(256, 8, device=device), family="wan", side=128, frames=17,
+                              without=("pag term",)),  # its baseline is diffusers' SD PAG pipeline
 }
 
 
@@ -76,19 +90,23 @@ class Bench:
     def __init__(self, name: str, steps: int, device: str = "cpu", dtype: str = "float32") -> None:
         if name not in PIPELINES:
             raise ValueError(f"unknown benchmark pipeline {name!r}; choose from {sorted(PIPELINES)}")
-        build, side = PIPELINES[name]
+        self.spec = PIPELINES[name]
         self.name, self.steps, self.device, self.dtype = name, steps, torch.device(device), dtype
-        self.pipe = build(device).to(self.device, getattr(torch, dtype))
+        self.pipe = self.spec.build(device).to(self.device)
+        if dtype != "float32":  # (a float32 cast would only warn about Wan's float32-kept modules)
+            self.pipe = self.pipe.to(getattr(torch, dtype))
         self.kwargs = self.call_kwargs(steps)
-        if side is not None:
-            self.kwargs.update(height=side, width=side)
         self.denoiser_seconds = 0.0
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return getattr(self.pipe, "unet", None) or self.pipe.transformer
 
     def time_denoiser(self) -> None:
         """Accumulate the wall time spent inside the denoiser's own forward in `denoiser_seconds` (installed below
         the plugin, which wraps whatever forward it finds). On a GPU the timer synchronises around each forward,
         so the time outside it is everything else run without overlap: an upper bound of the rest's cost."""
-        forward = self.pipe.unet.forward
+        forward = self.denoiser.forward
 
         @functools.wraps(forward)
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -100,27 +118,27 @@ class Bench:
                 self.synchronize()
                 self.denoiser_seconds += time.perf_counter() - start
 
-        self.pipe.unet.forward = timed
+        self.denoiser.forward = timed
 
-    @staticmethod
-    def call_kwargs(steps: int) -> dict[str, Any]:
-        kwargs = tiny_call_kwargs("sd", batch=1, seed=0, num_inference_steps=steps)
+    def call_kwargs(self, steps: int) -> dict[str, Any]:
+        kwargs = tiny_call_kwargs(self.spec.family, batch=1, seed=0, num_inference_steps=steps)
         kwargs.pop("guidance_scale")
-        return kwargs | {"output_type": "latent"}
+        sizes = {"height": self.spec.side, "width": self.spec.side, "num_frames": self.spec.frames}
+        return kwargs | {"output_type": "latent"} | {k: v for k, v in sizes.items() if v is not None}
 
     def call(self, label: str, steps: int | None = None) -> Any:
         kwargs = self.kwargs if steps is None else self.kwargs | {"num_inference_steps": steps}
         kwargs = kwargs | {"generator": torch.Generator().manual_seed(0)}
         with torch.no_grad():
             if label == NATIVE:
-                return self.pipe(**kwargs, guidance_scale=SCALE).images
+                return output_of(self.pipe(**kwargs, guidance_scale=SCALE))
             if label == NATIVE_PAG:
-                return self.pag_pipe(**kwargs, guidance_scale=SCALE, pag_scale=PAG_SCALE).images
+                return output_of(self.pag_pipe(**kwargs, guidance_scale=SCALE, pag_scale=PAG_SCALE))
             spec = {"scale": SCALE, **VARIANTS[label]}
             if label != QUIET:
-                return run(self.pipe, spec, **kwargs).images
+                return output_of(run(self.pipe, spec, **kwargs))
             with attach(self.pipe, spec, telemetry=False) as session:
-                return self.pipe(**kwargs, guidance_scale=2.0, callback_on_step_end=session.callback).images
+                return output_of(self.pipe(**kwargs, guidance_scale=2.0, callback_on_step_end=session.callback))
 
     @functools.cached_property
     def pag_pipe(self) -> StableDiffusionPAGPipeline:
@@ -144,8 +162,14 @@ class Bench:
         return time.perf_counter() - start, self.denoiser_seconds - inside
 
 
-def labels(variants: list[str] | None = None) -> list[str]:
-    chosen = variants or list(VARIANTS)
+def output_of(result: Any) -> Any:
+    """A pipeline result's images, or its frames (video pipelines)."""
+    return result.frames if hasattr(result, "frames") else result.images
+
+
+def labels(bench: Bench, variants: list[str] | None = None) -> list[str]:
+    """The baselines and the variants to run: `variants`, or every variant the bench's pipeline has."""
+    chosen = variants or [v for v in VARIANTS if v not in bench.spec.without]
     unknown = [v for v in chosen if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
@@ -158,7 +182,7 @@ def time_variants(bench: Bench, repeats: int = 7, variants: list[str] | None = N
     (CPU), also the median ms per step spent outside the denoiser and the variant's host-side overhead: its extra
     time outside the denoiser as a share of its baseline's step (the part the plugin adds, free of the denoiser's
     run-to-run noise)."""
-    names = labels(variants)
+    names = labels(bench, variants)
     for label in names:  # warm-up
         bench.call(label)
     total: dict[str, list[float]] = {label: [] for label in names}
@@ -204,7 +228,7 @@ def peak_mb(bench: Bench, label: str) -> float:
 def memory_variants(bench: Bench, repeats: int = 3, variants: list[str] | None = None) -> list[dict[str, Any]]:
     """Each variant's peak working memory (median over repeats); ratio to native. On the CPU every measurement is
     a fresh process (the bench's pipeline, steps and dtype) with MALLOC_ENV."""
-    names = labels(variants)
+    names = labels(bench, variants)
     peaks: dict[str, list[float]] = {label: [] for label in names}
     for _ in range(repeats):
         for label in names:
@@ -278,7 +302,7 @@ def sync_variants(bench: Bench, steps: int = 4, variants: list[str] | None = Non
     """Per call and per step (slope between `steps` and 2·`steps`) synchronisations of each variant and native, and
     the sites that differ from native's (count at 2·`steps`)."""
     rows, natives = [], {}
-    for label in labels(variants):  # natives first
+    for label in labels(bench, variants):  # natives first
         bench.call(label, steps)  # warm-up
         short, long = sync_sites(bench, label, steps), sync_sites(bench, label, 2 * steps)
         per_step = (len(long) - len(short)) / steps
@@ -296,16 +320,16 @@ def numerics(bench: Bench, scales: tuple[float, ...] = (7.5, 100.0), variants: l
     with its own scale (cfgpp's λ) keeps it."""
     rows = []
     for scale in scales:
-        for label in labels(variants):
+        for label in labels(bench, variants):
             spec = {"scale": scale, **VARIANTS.get(label, {})}
             kwargs = bench.kwargs | {"generator": torch.Generator().manual_seed(0)}
             with torch.no_grad():
                 if label == NATIVE:
-                    latents = bench.pipe(**kwargs, guidance_scale=scale).images
+                    latents = output_of(bench.pipe(**kwargs, guidance_scale=scale))
                 elif label == NATIVE_PAG:
-                    latents = bench.pag_pipe(**kwargs, guidance_scale=scale, pag_scale=PAG_SCALE).images
+                    latents = output_of(bench.pag_pipe(**kwargs, guidance_scale=scale, pag_scale=PAG_SCALE))
                 else:
-                    latents = run(bench.pipe, spec, **kwargs).images
+                    latents = output_of(run(bench.pipe, spec, **kwargs))
             rows.append({"variant": label, "scale": spec["scale"], "finite": bool(torch.isfinite(latents).all()),
                          "max_abs": float(latents.abs().max())})
     return rows

@@ -261,6 +261,19 @@ def sd15_like(width: int = 64, text_width: int = 64, seed: int = 0, device: str 
     return pipe
 
 
+def wan_like(width: int = 128, layers: int = 4, seed: int = 0, device: str = "cpu") -> WanPipeline:
+    """A random-weight Wan 2.1 pipeline for benchmarks: Wan's transformer structure (patch 1×2×2, RMS query/key norm
+    across heads, cross-attention to T5-width text, 6-way adaLN) at `width` = 8 heads × width/8, `layers` blocks,
+    over tiny_wan's VAE (8× spatial, 4× temporal downsampling)."""
+    torch.manual_seed(seed)
+    pipe = tiny_wan(seed)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=8, attention_head_dim=width // 8, in_channels=16, out_channels=16,
+        text_dim=TEXT_DIM, freq_dim=256, ffn_dim=4 * width, num_layers=layers, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=1024)
+    return finish(WanPipeline(**{**pipe.components, "transformer": transformer.eval()})).to(device)
+
+
 def tiny_wan(seed: int = 0) -> WanPipeline:
     """Tiny Wan 2.1 pipeline (video DiT on 5-D latents, flow matching) without text encoder: call it with embeddings.
     The configuration facts are diffusers' own test suite's (tests/pipelines/wan/test_wan.py)."""
