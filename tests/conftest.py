@@ -59,7 +59,8 @@ def output_tensor(out) -> torch.Tensor:
     """The latents (or DiT's images, or a video pipeline's frames) of a pipeline output."""
     if isinstance(out, tuple):
         return out[0]
-    return out.frames if hasattr(out, "frames") else out.images
+    tensor = out.frames if hasattr(out, "frames") else out.images
+    return torch.as_tensor(tensor)  # older diffusers return DiT's "pt" images as numpy
 
 
 def strip_scales(kwargs: dict) -> dict:
