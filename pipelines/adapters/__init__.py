@@ -29,8 +29,19 @@ _BY_TRANSFORMER = {"FluxTransformer2DModel": FluxAdapter, "SD3Transformer2DModel
                    "WanTransformer3DModel": WanAdapter, "QwenImageTransformer2DModel": QwenImageAdapter}
 
 
+# Pipelines of a supported family that use the CFG branches after combining them, where guidance has replaced them.
+_READS_BRANCHES = {
+    "StableDiffusionSAGPipeline": "its self-attention guidance reads the unconditional prediction after CFG, which "
+                                  "guidance replaces with the guided one, so its SAG term would be wrong. Use "
+                                  "StableDiffusionPipeline(**pipe.components) with guidance (its pag and seg terms are "
+                                  "the perturbed-attention methods it has), or the SAG pipeline without guidance.",
+}
+
+
 def adapter_for(pipe: Any) -> Adapter:
     """The adapter of `pipe`'s family, or a GuidanceError naming the supported pipelines."""
+    if type(pipe).__name__ in _READS_BRANCHES:
+        raise GuidanceError(f"{type(pipe).__name__} is not supported: {_READS_BRANCHES[type(pipe).__name__]}")
     transformer = getattr(pipe, "transformer", None)
     unet = getattr(pipe, "unet", None)
     cls: type[Adapter] | None = None

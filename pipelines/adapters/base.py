@@ -107,9 +107,16 @@ class Adapter:
     # ---------------------------------------------------------------- outputs
 
     def prediction_channels(self) -> int | None:
-        """Output channels holding the prediction when the denoiser also predicts a variance, else None."""
+        """Output channels holding the prediction when the denoiser also predicts a variance, else None: the first
+        half of the output when the scheduler steps with a learned variance (DeepFloyd IF's stage II takes 6 input
+        channels, its image and the upscaled condition, and outputs 3 + 3), or when the output has twice the input's
+        channels (DiT, PixArt)."""
         config = self.denoiser.config
         out, inp = config.get("out_channels"), config.get("in_channels")
+        scheduler = getattr(self.pipe, "scheduler", None)
+        variance = getattr(getattr(scheduler, "config", None), "variance_type", None)
+        if out and variance in ("learned", "learned_range") and out % 2 == 0:
+            return out // 2
         return inp if out is not None and inp is not None and out == 2 * inp else None
 
     def prediction(self, out: torch.Tensor) -> torch.Tensor:
