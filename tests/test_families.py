@@ -178,3 +178,19 @@ def test_apg_in_x0_space_matches_hand_formula(family: str) -> None:
         assert error <= 1e-4 * float(expected.abs().max()) + 1e-5, f"step {k}: guided is {error} from the hand APG"
         assert float((got - from_x0(facts, x0_c + (W - 1) * (x0_c - x0_u), x, a, s)).abs().max()) > 1e-3, (
             "the projection changed nothing: the check cannot tell APG from CFG here")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cfg_zero_star_zero_init_hands_the_scheduler_zero(family: str) -> None:
+    """CFG-Zero*'s zero-init step (arXiv 2503.18886 §3.3): the prediction the pipeline steps with is exactly 0, after
+    whatever the pipeline does to its combined prediction (Qwen-Image's norm rescale would make 0/0 of it)."""
+    pipe = tiny_pipeline(family)
+    denoiser = getattr(pipe, "transformer", None) or pipe.unet
+    recorder = Recorder(pipe, denoiser)
+    spec = {"scale": W, "rule": {"name": "cfg_zero_star", "zero_init_steps": 1}}
+    guidance.run(pipe, spec, **strip_scales(tiny_call_kwargs(family, batch=B, seed=3, num_inference_steps=N)))
+    recorder.close()
+    (first, _), *rest = recorder.steps
+    prediction = first[:B, :FACTS[family].channels] if FACTS[family].channels else first[:B]
+    assert bool((prediction == 0).all()), f"step 0 steps with max |v| = {float(prediction.abs().max())}"
+    assert all(bool(torch.isfinite(out).all()) and bool(out.abs().max() > 0) for out, _ in rest)

@@ -1,7 +1,8 @@
 """Qwen-Image (QwenImagePipeline): an MMDiT on packed latent tokens, flow matching, true CFG as two separate
 transformer calls (timestep/1000). After combining, the pipeline rescales each token of the combined prediction to
 the norm of the conditional one (`comb · ‖cond‖/‖comb‖` over the last dim); the guided prediction gets that same
-rescale here, so it stays as the pipeline does it."""
+rescale here, so it stays as the pipeline does it. At CFG-Zero*'s zero-init steps the negative call returns ones, so
+that the pipeline's rescale of a zero prediction is 0, not 0/0."""
 
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ class QwenImageAdapter(TrueCFGAdapter):
 
     def zero_output(self, sample: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(sample)  # its out_channels count unpacked channels; the output is packed like the input
+
+    def negative_at_zero(self, zero: torch.Tensor) -> torch.Tensor:
+        """The pipeline rescales comb = neg + s·(cond − neg) by ‖cond‖/‖comb‖: with cond = 0 and neg = 1, comb ≠ 0
+        and the result is exactly 0 (neg = 0 too would give 0/0)."""
+        return torch.ones_like(zero)
 
     def after_combination(self, cond: torch.Tensor, guided: torch.Tensor) -> torch.Tensor:
         return guided * (torch.norm(cond, dim=-1, keepdim=True) / torch.norm(guided, dim=-1, keepdim=True))

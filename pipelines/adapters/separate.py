@@ -51,8 +51,9 @@ class SeparateCallsAdapter(Adapter):
             return self._negative_call(session, call)
         w, samples = session.plan()
         if session.outputs_zero(w):
-            run.carried = session.zero(call.sample)
-            return session.output(call, run.carried)
+            zero = session.zero(call.sample)
+            run.carried = self.negative_at_zero(zero)
+            return session.output(call, zero)
         reference = session.guidance.reference
         everyone = slice(0, run.batch_size)
         groups = [Group(call)]
@@ -80,6 +81,11 @@ class SeparateCallsAdapter(Adapter):
         awaiting.cond.copy_(self.after_combination(awaiting.cond, guided))
         run.carried = awaiting.cond
         return with_first_output(out, awaiting.cond)
+
+    def negative_at_zero(self, zero: torch.Tensor) -> torch.Tensor:
+        """What the negative call returns at a zero-output step (CFG-Zero*'s zero-init), where the conditional call
+        returned `zero`: such that the pipeline's own combination yields 0."""
+        return zero
 
     def after_combination(self, cond: torch.Tensor, guided: torch.Tensor) -> torch.Tensor:
         """What the pipeline does to its combined prediction after `neg + s·(cond − neg)`, applied to g here (the
