@@ -21,7 +21,7 @@ def first_layer(pipe) -> torch.nn.Module:
     if getattr(pipe, "unet", None) is not None:
         return pipe.unet.conv_in
     transformer = pipe.transformer
-    for name in ("x_embedder", "patch_embedding", "img_in", "pos_embed"):
+    for name in ("x_embedder", "patch_embedding", "img_in", "pos_embed", "patch_embed", "proj_in"):
         if hasattr(transformer, name):
             return getattr(transformer, name)
 

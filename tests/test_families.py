@@ -57,6 +57,10 @@ FACTS = {
     "dit": Facts("doubled", "epsilon", cond_first=True, channels=4),
     "wan": Facts("separate", "flow"),
     "qwenimage": Facts("separate", "flow", after=norm_rescale),
+    "ltx": Facts("doubled", "flow"),
+    "hunyuanvideo": Facts("separate", "flow"),
+    "cogvideox": Facts("doubled", "v_prediction"),
+    "animatediff": Facts("doubled", "epsilon"),
 }
 
 

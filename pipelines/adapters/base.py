@@ -45,6 +45,8 @@ class Adapter:
     block_lists: ClassVar[tuple[str, ...]] = ()  # the denoiser's main block list(s), for slg and stg
     skip_layers: ClassVar[tuple[int, ...]] = ()  # default `layers` of slg and stg
     joint_blocks: ClassVar[bool] = False  # blocks take and return both streams: (encoder_hidden_states, hidden_states)
+    hidden_states_first: ClassVar[bool] = False  # joint blocks return (hidden_states, encoder_hidden_states)
+    attention_refusal: ClassVar[str] = ""  # why pag, seg and stg's attention mode cannot serve it ("": they can)
 
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
@@ -76,8 +78,15 @@ class Adapter:
 
     # ---------------------------------------------------------------- layers a perturbation changes
 
+    def check_attention(self, method: str) -> None:
+        """Raise when the family's self-attention cannot be perturbed row by row (`attention_refusal`)."""
+        if self.attention_refusal:
+            raise GuidanceError(f"{method} cannot perturb the self-attention of {type(self.pipe).__name__}: "
+                                f"{self.attention_refusal}")
+
     def attention_layers(self, layers: Sequence[str] | None, method: str) -> list[nn.Module]:
         """The self-attention modules `layers` names (pag_applied_layers ids; None: the family's default)."""
+        self.check_attention(method)
         chosen = self.pag_layers if layers is None else layers
         if not chosen:
             places = self_attention_places(self.denoiser, method)
@@ -101,6 +110,8 @@ class Adapter:
     def block_passthrough(self, arguments: dict[str, Any]) -> Any:
         """A skipped block's output: its input (blocks of joint-attention families return both streams)."""
         if self.joint_blocks:
+            if self.hidden_states_first:
+                return arguments["hidden_states"], arguments["encoder_hidden_states"]
             return arguments["encoder_hidden_states"], arguments["hidden_states"]
         return arguments["hidden_states"]
 

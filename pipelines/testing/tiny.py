@@ -61,6 +61,16 @@ from .components import (
     text_config,
     tiny_tokenizer,
 )
+from .tiny_video import (
+    animatediff_arguments,
+    cogvideox_arguments,
+    hunyuanvideo_arguments,
+    ltx_arguments,
+    tiny_animatediff,
+    tiny_cogvideox,
+    tiny_hunyuanvideo,
+    tiny_ltx,
+)
 
 # The UNet settings SD and SDXL share: two levels of widths 16 and 32 over the 8 x 8 latents.
 _TWO_LEVEL_UNET: dict[str, Any] = {"sample_size": LATENT_SIZE, "in_channels": 4, "out_channels": 4,
@@ -302,6 +312,10 @@ BUILDERS: dict[str, Any] = {
     "dit": tiny_dit,
     "wan": tiny_wan,
     "qwenimage": tiny_qwenimage,
+    "ltx": tiny_ltx,
+    "hunyuanvideo": tiny_hunyuanvideo,
+    "cogvideox": tiny_cogvideox,
+    "animatediff": tiny_animatediff,
 }
 FAMILIES = tuple(BUILDERS)
 
@@ -374,6 +388,10 @@ CALL_ARGUMENTS: dict[str, Any] = {
     "dit": _class_arguments,
     "wan": _wan_arguments,
     "qwenimage": _qwenimage_arguments,
+    "ltx": ltx_arguments,
+    "hunyuanvideo": hunyuanvideo_arguments,
+    "cogvideox": cogvideox_arguments,
+    "animatediff": animatediff_arguments,
 }
 
 
