@@ -66,6 +66,11 @@ class Adapter:
         """Answer one of the step's first `calls_per_step` denoiser calls with the guided output."""
         raise NotImplementedError
 
+    def per_sample(self, call: DenoiserCall) -> DenoiserCall:
+        """The call with one row per sample in every batch-sized argument; a family whose pipeline passes some per
+        frame (AnimateDiff's prompt embeddings) regroups them here and sets the call's `prepare` to undo it."""
+        return call
+
     def check_call(self, call: DenoiserCall) -> None:
         """Raise for a denoiser call of a guided run that guidance cannot serve (called for every one)."""
 

@@ -2,7 +2,8 @@
 
 The configuration facts are diffusers' own test suite's (tests/pipelines/<family>/test_<family>.py), shrunk where
 a 4-step CPU call allows. The transformer pipelines are built without text encoders (call them with embeddings);
-AnimateDiff keeps the tiny CLIP text encoder of the image families.
+AnimateDiff keeps the tiny CLIP text encoder of the image families (for ICG's prompt source) but is called with
+random embeddings too.
 
 Latent layouts the pipelines hand their denoisers: LTX packed tokens (batch, frames·height·width, channels);
 HunyuanVideo and AnimateDiff (batch, channels, frames, height, width); CogVideoX (batch, frames, channels, height,
@@ -33,7 +34,6 @@ from transformers import CLIPTextModel
 from .components import (
     IMAGE_SIZE,
     LATENT_SIZE,
-    PROMPT_WORDS,
     SD_SCHEDULER_CONFIG,
     TEXT_DIM,
     TEXT_SEQ_LEN,
@@ -134,6 +134,5 @@ def cogvideox_arguments(batch: int, rng: torch.Generator, scale: float, seed: in
 
 
 def animatediff_arguments(batch: int, rng: torch.Generator, scale: float, seed: int) -> dict[str, Any]:
-    prompts = [PROMPT_WORDS[(seed + i) % len(PROMPT_WORDS)] for i in range(batch)]
-    return image() | {"prompt": prompts, "negative_prompt": ["blurry"] * batch, "num_frames": 2,
-                      "guidance_scale": scale}
+    return image() | {"prompt_embeds": embeds(batch, rng), "negative_prompt_embeds": embeds(batch, rng),
+                      "num_frames": 2, "guidance_scale": scale}
