@@ -35,6 +35,16 @@ _BY_TRANSFORMER = {"FluxTransformer2DModel": FluxAdapter, "SD3Transformer2DModel
                    "LTXVideoTransformer3DModel": LTXAdapter, "HunyuanVideoTransformer3DModel": HunyuanVideoAdapter,
                    "CogVideoXTransformer3DModel": CogVideoXAdapter}
 
+# Denoisers of pipelines guidance refuses: why, and what to use instead.
+_REFUSED = {
+    "LTX2VideoTransformer3DModel": (
+        "LTX2Pipeline denoises video and audio in one transformer call and guides each with its own scale, plus its "
+        "own STG and modality-isolation terms built from the guided prediction; guidance wraps one prediction per "
+        "step, so it would guide the video alone and feed those terms a prediction they were not made for. Use "
+        "LTX2Pipeline's own guidance (guidance_scale, audio_guidance_scale, stg_scale, modality_scale), or "
+        "LTXPipeline (LTX-Video) with guidance."),
+}
+
 
 def adapter_for(pipe: Any) -> Adapter:
     """The adapter of `pipe`'s family, or a GuidanceError naming the supported pipelines."""
@@ -45,6 +55,8 @@ def adapter_for(pipe: Any) -> Adapter:
         cls = ClassConditionalAdapter
     elif transformer is not None:
         name = type(getattr(transformer, "_orig_mod", transformer)).__name__
+        if name in _REFUSED:
+            raise GuidanceError(_REFUSED[name])
         cls = _BY_TRANSFORMER.get(name)
         if name == "Transformer2DModel" and type(pipe).__name__ == "DiTPipeline":
             cls = DiTAdapter

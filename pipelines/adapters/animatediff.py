@@ -29,7 +29,6 @@ def _per_frame(arguments: dict[str, Any]) -> dict[str, Any]:
 
 
 class AnimateDiffAdapter(UNetAdapter):
-    pag_layers = ("mid_block.*attn1",)  # diffusers' AnimateDiffPAGPipeline default
     attention_refusal = ("its UNetMotionModel folds the frames (and, in the motion modules, the pixels) into the "
                          "batch of every attention layer, so the perturbed samples' rows cannot be told apart there. "
                          "Use tsg, icg or autoguidance.")

@@ -103,9 +103,10 @@ class Adapter:
     def blocks(self, layers: Sequence[int] | None, method: str) -> list[nn.Module]:
         """The main-list blocks `layers` indexes (None: the family's default)."""
         if not self.block_lists:
+            instead = ("use tsg, icg or autoguidance" if self.attention_refusal
+                       else "use pag or seg, which perturb its self-attention")
             raise GuidanceError(f"{method} skips transformer blocks, and the {type(self.denoiser).__name__} of "
-                                f"{type(self.pipe).__name__} has no block list; use pag or seg, which perturb its "
-                                "self-attention.")
+                                f"{type(self.pipe).__name__} has no block list; {instead}.")
         chosen = self.skip_layers if layers is None else layers
         if not chosen:
             raise GuidanceError(f"{method} has no default layers for {type(self.pipe).__name__}: give `layers`, "
