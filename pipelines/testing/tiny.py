@@ -12,6 +12,7 @@ Family notes (diffusers 0.42):
   first ``in_channels`` output channels are the noise prediction.
 - ``dit`` has no latent output type (the kwargs ask for ``output_type="pt"``: decoded images in [0, 1]) and
   no ``callback_on_step_end``; ``pixart`` has only the legacy ``callback``/``callback_steps``.
+- The video families ``ltx``, ``hunyuanvideo``, ``cogvideox`` and ``animatediff`` are built in ``tiny_video.py``.
 """
 
 from __future__ import annotations
