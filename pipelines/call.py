@@ -67,14 +67,17 @@ class DenoiserCall:
     """The bound arguments of a denoiser forward; `batch` is the row count of the sample (first argument).
 
     `positional`: the arguments the pipeline passed by position, passed so again (a compiled denoiser then sees
-    the call layout it was compiled for)."""
+    the call layout it was compiled for). `prepare`: turns the arguments, kept with one row per sample, into those the
+    denoiser takes (None: as they are; see Adapter.per_sample)."""
 
     def __init__(self, arguments: dict[str, Any], sample_name: str, skip: frozenset[str] = frozenset(),
-                 positional: tuple[str, ...] = ()) -> None:
+                 positional: tuple[str, ...] = (),
+                 prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         self.arguments = arguments
         self.sample_name = sample_name
         self.skip = skip
         self.positional = positional
+        self.prepare = prepare
 
     @classmethod
     def bind(cls, signature: inspect.Signature, args: tuple, kwargs: dict[str, Any],
@@ -103,13 +106,13 @@ class DenoiserCall:
     def take(self, rows: Rows) -> DenoiserCall:
         """The call restricted to `rows` (a slice gives views, an index tensor copies)."""
         return DenoiserCall(_take(self.arguments, rows, self.batch, self.skip), self.sample_name, self.skip,
-                            self.positional)
+                            self.positional, self.prepare)
 
     @staticmethod
     def concat(calls: list[DenoiserCall]) -> DenoiserCall:
         first = calls[0]
         arguments = _concat([c.arguments for c in calls], first.skip, first.batch)
-        return DenoiserCall(arguments, first.sample_name, first.skip, first.positional)
+        return DenoiserCall(arguments, first.sample_name, first.skip, first.positional, first.prepare)
 
     def get(self, path: Path) -> Any:
         value: Any = self.arguments
@@ -130,8 +133,9 @@ class DenoiserCall:
         self.arguments = {**self.arguments, head: value}
 
     def run(self, forward: Callable[..., Any]) -> Any:
-        keywords = {k: v for k, v in self.arguments.items() if k not in self.positional}
-        return forward(*(self.arguments[name] for name in self.positional), **keywords)
+        arguments = self.arguments if self.prepare is None else self.prepare(self.arguments)
+        keywords = {k: v for k, v in arguments.items() if k not in self.positional}
+        return forward(*(arguments[name] for name in self.positional), **keywords)
 
 
 @dataclass

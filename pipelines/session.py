@@ -209,7 +209,7 @@ class Session:
         if self.pipe.scheduler is not self._scheduler:
             raise GuidanceError("The pipeline's scheduler was replaced while guidance was attached. Set the "
                                 "scheduler first, then attach (or call guidance.run).")
-        call = DenoiserCall.bind(self._signature, args, kwargs, self.adapter.skip_keys)
+        call = self.adapter.per_sample(DenoiserCall.bind(self._signature, args, kwargs, self.adapter.skip_keys))
         run = self.current_run
         if run is None or (run.step is not None and run.step >= len(run.table)):
             return self.evaluate(call)

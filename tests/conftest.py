@@ -19,9 +19,10 @@ warnings.filterwarnings("ignore", category=UserWarning)
 def first_layer(pipe) -> torch.nn.Module:
     """The denoiser's first layer: every evaluated row passes it exactly once."""
     if getattr(pipe, "unet", None) is not None:
-        return pipe.unet.conv_in
+        # AnimateDiff's motion UNet folds the frames into the batch after its time embedding
+        return pipe.unet.time_embedding if type(pipe.unet).__name__ == "UNetMotionModel" else pipe.unet.conv_in
     transformer = pipe.transformer
-    for name in ("x_embedder", "patch_embedding", "img_in", "pos_embed"):
+    for name in ("x_embedder", "patch_embedding", "img_in", "pos_embed", "patch_embed", "proj_in"):
         if hasattr(transformer, name):
             return getattr(transformer, name)
 

@@ -136,3 +136,32 @@ def test_cfgpp_v_prediction(scheduler: str) -> None:
 def unet_pair_v(pipe, inputs, x, t):
     out = pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([inputs["neg"], inputs["pos"]])).sample
     return out.chunk(2)
+
+
+def test_cfgpp_cogvideox_ddim_matches_direct_loop() -> None:
+    """CogVideoX's own DDIM (v-prediction, SNR-shifted ᾱ, frames before channels): x' = sqrt(ᾱ')·x̂0_λ +
+    sqrt(1 − ᾱ')·ε_u, with x̂0_λ = a·x − s·v_λ and ε_u = s·x + a·v_u, by hand on the pipeline's [negative; prompt]
+    batch."""
+    pipe = tiny_pipeline("cogvideox")
+    kwargs = tiny_call_kwargs("cogvideox", batch=2, seed=2, num_inference_steps=4)
+    kwargs.pop("guidance_scale")
+    latents = torch.randn((2, 2, 4, 4, 4), generator=torch.Generator().manual_seed(5))
+    got = guidance.run(pipe, {"rule": "cfgpp", "scale": 0.6}, **{**kwargs, "latents": latents.clone()}).frames
+    scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(4)
+    bar = scheduler.alphas_cumprod.double()
+    embeddings = torch.cat([kwargs["negative_prompt_embeds"], kwargs["prompt_embeds"]])
+    x = latents.double()
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            out = pipe.transformer(hidden_states=torch.cat([x, x]).float(), encoder_hidden_states=embeddings,
+                                   timestep=t.expand(4), return_dict=False)[0].double()
+            v_u, v_c = out.chunk(2)
+            a, s = bar[int(t)].sqrt(), (1 - bar[int(t)]).sqrt()
+            x0_lam = a * x - s * (v_u + 0.6 * (v_c - v_u))
+            prev = int(t) - 1000 // 4
+            a_prev = bar[prev] if prev >= 0 else torch.tensor(1.0, dtype=torch.float64)  # set_alpha_to_one
+            x = a_prev.sqrt() * x0_lam + (1 - a_prev).sqrt() * (s * x + a * v_u)
+    assert torch.allclose(got.double(), x, atol=1e-4, rtol=1e-4)
+    cfg = guidance.run(pipe, {"rule": "cfg", "scale": 1.6}, **{**kwargs, "latents": latents.clone()}).frames
+    assert (got - cfg).abs().max() > 1e-3  # not CFG at a small scale

@@ -57,6 +57,10 @@ FACTS = {
     "dit": Facts("doubled", "epsilon", cond_first=True, channels=4),
     "wan": Facts("separate", "flow"),
     "qwenimage": Facts("separate", "flow", after=norm_rescale),
+    "ltx": Facts("doubled", "flow"),
+    "hunyuanvideo": Facts("separate", "flow"),
+    "cogvideox": Facts("doubled", "v_prediction"),
+    "animatediff": Facts("doubled", "epsilon"),
 }
 
 
@@ -174,8 +178,10 @@ def test_apg_in_x0_space_matches_hand_formula(family: str) -> None:
         got = guided[:B].double()
         if facts.channels:
             got = got[:, :facts.channels]
-        error = float((got - expected).abs().max())
-        assert error <= 1e-4 * float(expected.abs().max()) + 1e-5, f"step {k}: guided is {error} from the hand APG"
+        # compared as x̂0, where APG acts: the output space divides float32 rounding by s (ε at the last step)
+        x0_got, x0_expected = to_x0(facts, got, x, a, s), to_x0(facts, expected, x, a, s)
+        error = float((x0_got - x0_expected).abs().max())
+        assert error <= 1e-4 * float(x0_expected.abs().max()) + 1e-5, f"step {k}: x̂0 is {error} from the hand APG"
         assert float((got - from_x0(facts, x0_c + (W - 1) * (x0_c - x0_u), x, a, s)).abs().max()) > 1e-3, (
             "the projection changed nothing: the check cannot tell APG from CFG here")
 

@@ -20,7 +20,8 @@ PRESETS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 FAMILIES = {"stabilityai/stable-diffusion-xl-base-1.0": "sdxl", "stabilityai/stable-diffusion-2-1": "sd",
             "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd", "facebook/DiT-XL-2-256": "dit",
             "stabilityai/stable-diffusion-3-medium-diffusers": "sd3", "stabilityai/stable-diffusion-3.5-medium": "sd35",
-            "Qwen/Qwen-Image": "qwenimage"}
+            "Qwen/Qwen-Image": "qwenimage", "Lightricks/LTX-Video": "ltx",
+            "hunyuanvideo-community/HunyuanVideo": "hunyuanvideo"}
 
 
 def test_presets_cover_the_methods_and_families() -> None:

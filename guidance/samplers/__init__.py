@@ -6,13 +6,14 @@ from typing import Any
 
 from ..errors import GuidanceError
 from .base import SamplerCorrection
-from .ddim import DDIMCorrection
+from .ddim import CogVideoXDDIMCorrection, DDIMCorrection
 from .dpmpp_2m import DPMPP2MCorrection
 from .euler import EulerCorrection
 from .flow_euler import FlowEulerCorrection
 
 CORRECTIONS: dict[str, type[SamplerCorrection]] = {
-    cls.scheduler_class: cls for cls in (DDIMCorrection, EulerCorrection, DPMPP2MCorrection, FlowEulerCorrection)
+    cls.scheduler_class: cls
+    for cls in (DDIMCorrection, CogVideoXDDIMCorrection, EulerCorrection, DPMPP2MCorrection, FlowEulerCorrection)
 }
 
 

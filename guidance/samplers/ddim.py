@@ -28,3 +28,17 @@ class DDIMCorrection(SingleStepCorrection):
         eta = float(kwargs.get("eta", 0.0) or 0.0)
         variance = (1 - alpha_prev) / (1 - alpha) * (1 - alpha / alpha_prev)
         return math.sqrt(max(1.0 - alpha_prev - eta**2 * variance, 0.0))
+
+
+class CogVideoXDDIMCorrection(DDIMCorrection):
+    """CogVideoX's DDIM (CogVideoXDDIMScheduler): its step x' = a_t·x + b_t·x̂0 with a_t = sqrt((1 − ᾱ')/(1 − ᾱ)) and
+    b_t = sqrt(ᾱ') − sqrt(ᾱ)·a_t is DDIM's η = 0 step sqrt(ᾱ')·x̂0 + sqrt(1 − ᾱ')·ε̂ on its SNR-shifted ᾱ, the same
+    previous ᾱ, no clipping and no η."""
+
+    scheduler_class = "CogVideoXDDIMScheduler"
+
+    def check(self, scheduler: Any) -> None:
+        """Its step never clips x̂0."""
+
+    def next_noise(self, scheduler: Any, index: int, steps: StepTable, kwargs: dict[str, Any]) -> float:
+        return super().next_noise(scheduler, index, steps, {})

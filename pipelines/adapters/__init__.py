@@ -7,9 +7,13 @@ from typing import Any
 from guidance.errors import GuidanceError
 
 from ..class_conditional import ClassConditionalPipeline
+from .animatediff import AnimateDiffAdapter
 from .base import Adapter
+from .cogvideox import CogVideoXAdapter
 from .dit import DiTAdapter
 from .flux import FluxAdapter
+from .hunyuanvideo import HunyuanVideoAdapter
+from .ltx import LTXAdapter
 from .pixart import PixArtAdapter
 from .qwenimage import QwenImageAdapter
 from .sd3 import SD3Adapter
@@ -18,7 +22,8 @@ from .wan import WanAdapter
 
 SUPPORTED = ("StableDiffusionPipeline (1.x/2.x)", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline",
              "FluxPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline", "DiTPipeline",
-             "WanPipeline (Wan 2.1: one expert)", "QwenImagePipeline",
+             "WanPipeline (Wan 2.1: one expert)", "QwenImagePipeline", "LTXPipeline", "HunyuanVideoPipeline",
+             "CogVideoXPipeline", "AnimateDiffPipeline",
              "guidance.pipelines.ClassConditionalPipeline (the digits model, the analytic mixture)",
              "other class-conditional UNet2DModel pipelines that call unet(x, t, class_labels=...) on a [null; cond] "
              "batch")
@@ -26,7 +31,19 @@ SUPPORTED = ("StableDiffusionPipeline (1.x/2.x)", "StableDiffusionXLPipeline", "
 # The transformer families: denoiser class → adapter (a new family is one adapter file and one line here).
 _BY_TRANSFORMER = {"FluxTransformer2DModel": FluxAdapter, "SD3Transformer2DModel": SD3Adapter,
                    "PixArtTransformer2DModel": PixArtAdapter, "DiTTransformer2DModel": DiTAdapter,
-                   "WanTransformer3DModel": WanAdapter, "QwenImageTransformer2DModel": QwenImageAdapter}
+                   "WanTransformer3DModel": WanAdapter, "QwenImageTransformer2DModel": QwenImageAdapter,
+                   "LTXVideoTransformer3DModel": LTXAdapter, "HunyuanVideoTransformer3DModel": HunyuanVideoAdapter,
+                   "CogVideoXTransformer3DModel": CogVideoXAdapter}
+
+# Denoisers of pipelines guidance refuses: why, and what to use instead.
+_REFUSED = {
+    "LTX2VideoTransformer3DModel": (
+        "LTX2Pipeline denoises video and audio in one transformer call and guides each with its own scale, plus its "
+        "own STG and modality-isolation terms built from the guided prediction; guidance wraps one prediction per "
+        "step, so it would guide the video alone and feed those terms a prediction they were not made for. Use "
+        "LTX2Pipeline's own guidance (guidance_scale, audio_guidance_scale, stg_scale, modality_scale), or "
+        "LTXPipeline (LTX-Video) with guidance."),
+}
 
 
 # Pipelines of a supported family that use the CFG branches after combining them, where guidance has replaced them.
@@ -49,6 +66,8 @@ def adapter_for(pipe: Any) -> Adapter:
         cls = ClassConditionalAdapter
     elif transformer is not None:
         name = type(getattr(transformer, "_orig_mod", transformer)).__name__
+        if name in _REFUSED:
+            raise GuidanceError(_REFUSED[name])
         cls = _BY_TRANSFORMER.get(name)
         if name == "Transformer2DModel" and type(pipe).__name__ == "DiTPipeline":
             cls = DiTAdapter
@@ -57,6 +76,8 @@ def adapter_for(pipe: Any) -> Adapter:
         if name == "UNet2DConditionModel":
             text_time = unet.config.get("addition_embed_type") == "text_time"
             cls = SDXLAdapter if text_time else UNetAdapter
+        elif name == "UNetMotionModel":
+            cls = AnimateDiffAdapter
         elif name == "UNet2DModel" and unet.config.get("num_class_embeds"):
             cls = UNetAdapter
     if cls is None:

@@ -45,6 +45,8 @@ class Adapter:
     block_lists: ClassVar[tuple[str, ...]] = ()  # the denoiser's main block list(s), for slg and stg
     skip_layers: ClassVar[tuple[int, ...]] = ()  # default `layers` of slg and stg
     joint_blocks: ClassVar[bool] = False  # blocks take and return both streams: (encoder_hidden_states, hidden_states)
+    hidden_states_first: ClassVar[bool] = False  # joint blocks return (hidden_states, encoder_hidden_states)
+    attention_refusal: ClassVar[str] = ""  # why pag, seg and stg's attention mode cannot serve it ("": they can)
 
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
@@ -64,6 +66,11 @@ class Adapter:
         """Answer one of the step's first `calls_per_step` denoiser calls with the guided output."""
         raise NotImplementedError
 
+    def per_sample(self, call: DenoiserCall) -> DenoiserCall:
+        """The call with one row per sample in every batch-sized argument; a family whose pipeline passes some per
+        frame (AnimateDiff's prompt embeddings) regroups them here and sets the call's `prepare` to undo it."""
+        return call
+
     def check_call(self, call: DenoiserCall) -> None:
         """Raise for a denoiser call of a guided run that guidance cannot serve (called for every one)."""
 
@@ -76,8 +83,15 @@ class Adapter:
 
     # ---------------------------------------------------------------- layers a perturbation changes
 
+    def check_attention(self, method: str) -> None:
+        """Raise when the family's self-attention cannot be perturbed row by row (`attention_refusal`)."""
+        if self.attention_refusal:
+            raise GuidanceError(f"{method} cannot perturb the self-attention of {type(self.pipe).__name__}: "
+                                f"{self.attention_refusal}")
+
     def attention_layers(self, layers: Sequence[str] | None, method: str) -> list[nn.Module]:
         """The self-attention modules `layers` names (pag_applied_layers ids; None: the family's default)."""
+        self.check_attention(method)
         chosen = self.pag_layers if layers is None else layers
         if not chosen:
             places = self_attention_places(self.denoiser, method)
@@ -89,9 +103,10 @@ class Adapter:
     def blocks(self, layers: Sequence[int] | None, method: str) -> list[nn.Module]:
         """The main-list blocks `layers` indexes (None: the family's default)."""
         if not self.block_lists:
+            instead = ("use tsg, icg or autoguidance" if self.attention_refusal
+                       else "use pag or seg, which perturb its self-attention")
             raise GuidanceError(f"{method} skips transformer blocks, and the {type(self.denoiser).__name__} of "
-                                f"{type(self.pipe).__name__} has no block list; use pag or seg, which perturb its "
-                                "self-attention.")
+                                f"{type(self.pipe).__name__} has no block list; {instead}.")
         chosen = self.skip_layers if layers is None else layers
         if not chosen:
             raise GuidanceError(f"{method} has no default layers for {type(self.pipe).__name__}: give `layers`, "
@@ -101,6 +116,8 @@ class Adapter:
     def block_passthrough(self, arguments: dict[str, Any]) -> Any:
         """A skipped block's output: its input (blocks of joint-attention families return both streams)."""
         if self.joint_blocks:
+            if self.hidden_states_first:
+                return arguments["hidden_states"], arguments["encoder_hidden_states"]
             return arguments["encoder_hidden_states"], arguments["hidden_states"]
         return arguments["hidden_states"]
 

@@ -82,6 +82,7 @@ class IdentityAttention(Perturbation):
     def install(self, dispatches: dict[tuple[int, str], RowDispatch]) -> None:
         reference = self.reference
         if reference.layer_kind == "blocks":  # STG: the self-attention inside the chosen blocks
+            self.adapter.check_attention(reference.name)
             modules = self_attention_in(self.adapter.blocks(reference.layers, reference.name))
         else:
             modules = self.adapter.attention_layers(reference.layers, reference.name)

@@ -12,6 +12,7 @@ Family notes (diffusers 0.42):
   first ``in_channels`` output channels are the noise prediction.
 - ``dit`` has no latent output type (the kwargs ask for ``output_type="pt"``: decoded images in [0, 1]) and
   no ``callback_on_step_end``; ``pixart`` has only the legacy ``callback``/``callback_steps``.
+- The video families ``ltx``, ``hunyuanvideo``, ``cogvideox`` and ``animatediff`` are built in ``tiny_video.py``.
 """
 
 from __future__ import annotations
@@ -55,6 +56,16 @@ from .components import (
     small_vae,
     text_config,
     tiny_tokenizer,
+)
+from .tiny_video import (
+    animatediff_arguments,
+    cogvideox_arguments,
+    hunyuanvideo_arguments,
+    ltx_arguments,
+    tiny_animatediff,
+    tiny_cogvideox,
+    tiny_hunyuanvideo,
+    tiny_ltx,
 )
 
 # The UNet settings SD and SDXL share: two levels of widths 16 and 32 over the 8 x 8 latents.
@@ -310,6 +321,10 @@ BUILDERS: dict[str, Any] = {
     "dit": tiny_dit,
     "wan": tiny_wan,
     "qwenimage": tiny_qwenimage,
+    "ltx": tiny_ltx,
+    "hunyuanvideo": tiny_hunyuanvideo,
+    "cogvideox": tiny_cogvideox,
+    "animatediff": tiny_animatediff,
 }
 # the pipeline class of each family newer than the oldest supported diffusers (0.32), which has fewer families
 NEWER = {"wan": "WanPipeline", "qwenimage": "QwenImagePipeline"}
@@ -384,6 +399,10 @@ CALL_ARGUMENTS: dict[str, Any] = {
     "dit": _class_arguments,
     "wan": _wan_arguments,
     "qwenimage": _qwenimage_arguments,
+    "ltx": ltx_arguments,
+    "hunyuanvideo": hunyuanvideo_arguments,
+    "cogvideox": cogvideox_arguments,
+    "animatediff": animatediff_arguments,
 }
 
 
