@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from guidance.errors import GuidanceError
 from guidance.references.base import Reference
 
 Rows = slice | torch.Tensor
@@ -171,7 +172,13 @@ class RowView:
 
     def embeddings(self) -> dict[str, torch.Tensor]:
         found = {"/".join(p): self.call.get(p) for p in self.adapter.embedding_fields}
-        return {k: v[self.rows] for k, v in found.items() if v is not None}
+        found = {k: v[self.rows] for k, v in found.items() if isinstance(v, torch.Tensor)}
+        if not found:
+            fields = ", ".join("/".join(p) for p in self.adapter.embedding_fields) or "none"
+            raise GuidanceError(f"ICG found no condition embedding in the {type(self.pipe).__name__} denoiser call "
+                                f"(it looks in: {fields}), so its reference would equal the conditional branch. Use "
+                                "reference uncond or tsg.")
+        return found
 
     def set_embeddings(self, embeddings: dict[str, torch.Tensor]) -> None:
         for key, value in embeddings.items():

@@ -168,6 +168,7 @@ class Session:
     # ---------------------------------------------------------------- scheduler side
 
     def _on_set_timesteps(self, *args: Any, **kwargs: Any) -> Any:
+        self.adapter.check_pipeline_call(needs_pipeline_reference=not self.guidance.reference.from_condition)
         result = self._set_timesteps(*args, **kwargs)
         self._keep_forward_routed()
         table = step_table(self._scheduler)
@@ -334,7 +335,9 @@ class Session:
         k = run.step
         point = StepPoint(index=k, batch_size=run.batch_size, a=run.table.a[k], s=run.table.s[k],
                           prediction_type=run.table.prediction_type)
-        prediction = self.adapter.prediction
+        def prediction(out: torch.Tensor) -> torch.Tensor:
+            return self.adapter.prediction(out, x)
+
         cond_prediction = prediction(cond)
         term_inputs = [TermInput(term, s, prediction(output)) for term, s, output in terms]
         step = guided_step(self.guidance, point, w, self.adapter.latents(x, cond_prediction), cond_prediction,

@@ -11,6 +11,9 @@ from diffusers import DDPMScheduler, IFSuperResolutionPipeline, StableDiffusionS
 
 import guidance
 from guidance.errors import GuidanceError
+from guidance.pipelines.adapters import adapter_for
+from guidance.pipelines.call import DenoiserCall, RowView
+from guidance.pipelines.testing.long_tail import LONG_TAIL
 from guidance.pipelines.testing.tiny import tiny_call_kwargs, tiny_pipeline
 
 from conftest import output_tensor
@@ -69,3 +72,98 @@ def test_sag_pipeline_is_refused_before_any_step() -> None:
                                             "guidance reads the unconditional prediction"):
         guidance.run(pipe, {"scale": 3.0}, **kwargs)
     assert calls == []
+
+
+# What each pipeline of the long-tail table does under guidance (docs/LONG_TAIL.md): works, or refused with its reason.
+WORKS = ("StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline", "StableDiffusionUpscalePipeline",
+         "StableDiffusionDepth2ImgPipeline", "StableDiffusionControlNetPipeline",
+         "StableDiffusionControlNetImg2ImgPipeline", "StableDiffusionAdapterPipeline",
+         "StableDiffusionPAGPipeline (pag_scale=0)", "StableDiffusionXLImg2ImgPipeline",
+         "StableDiffusionXLInpaintPipeline", "StableDiffusion3Img2ImgPipeline", "FluxImg2ImgPipeline",
+         "FluxInpaintPipeline", "FluxControlNetPipeline", "IFPipeline", "KandinskyV22Pipeline",
+         "KandinskyV22ControlnetPipeline")
+PAG_ON = "runs its own perturbed-attention guidance \\(pag_scale > 0\\).*pag_scale=0"
+REFUSED = {
+    "StableDiffusionPAGPipeline": PAG_ON + r".*\(StableDiffusionPipeline.from_pipe\(pipe\)\) with a pag term",
+    "StableDiffusionXLPAGPipeline": PAG_ON + r".*\(StableDiffusionXLPipeline.from_pipe\(pipe\)\) with a pag term",
+    "PixArtSigmaPAGPipeline": PAG_ON + r".*\(PixArtSigmaPipeline.from_pipe\(pipe\)\) with a pag term",
+    "StableDiffusionInstructPix2PixPipeline": "not supported: its guidance has two scales over three batch parts.*"
+                                              "image_guidance_scale",
+    "StableDiffusionPanoramaPipeline": "not supported: it calls the UNet once per view window at every step",
+    "StableDiffusionAttendAndExcitePipeline": "not supported: its attention updates call the UNet on the "
+                                              "conditional rows alone",
+    "FluxFillPipeline": "FluxFillPipeline has no classifier-free guidance.*Use reference icg or tsg",
+    "AuraFlowPipeline": "Unsupported pipeline AuraFlowPipeline",
+}
+# refused for reference `uncond` only: icg and tsg build their reference from the conditional call
+CONDITION_REFERENCES_ONLY = ("FluxFillPipeline",)
+
+
+def test_every_long_tail_pipeline_has_an_expectation() -> None:
+    assert sorted(LONG_TAIL) == sorted((*WORKS, *REFUSED))
+
+
+def _denoiser_calls(pipe) -> list[int]:
+    calls: list[int] = []
+    denoiser = pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
+    denoiser.register_forward_pre_hook(lambda *args: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("label", WORKS)
+def test_long_tail_pipeline_works(label: str) -> None:
+    """cfg through guidance.run equals the pipeline's own CFG; apg, adaptive guidance and tsg run and stay finite,
+    and apg moves the result away from CFG."""
+    entry = LONG_TAIL[label]
+    pipe = entry.build()
+    native = output_tensor(pipe(**entry.kwargs(), **{entry.native: 3.0}))
+    got = output_tensor(guidance.run(pipe, {"scale": 3.0}, **entry.kwargs()))
+    assert (got - native).abs().max() <= 1e-5
+    for spec in ({"rule": "apg"}, {"policy": {"name": "adaptive", "threshold": 0.5}}, {"reference": "tsg"}):
+        out = output_tensor(guidance.run(pipe, {"scale": 3.0, **spec}, **entry.kwargs()))
+        assert out.shape == native.shape and torch.isfinite(out).all(), spec
+        if spec == {"rule": "apg"}:
+            assert (out - native).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("label", sorted(REFUSED))
+def test_long_tail_pipeline_is_refused_before_any_step(label: str) -> None:
+    entry = LONG_TAIL[label]
+    pipe = entry.build()
+    calls = _denoiser_calls(pipe)
+    with pytest.raises(GuidanceError, match=REFUSED[label]):
+        guidance.run(pipe, {"scale": 3.0}, **entry.kwargs())
+    assert calls == []
+
+
+@pytest.mark.parametrize("label", CONDITION_REFERENCES_ONLY)
+def test_condition_references_run_without_a_negative_branch(label: str) -> None:
+    """A pipeline without CFG still takes tsg and icg: their reference rows come from the conditional call."""
+    entry = LONG_TAIL[label]
+    pipe = entry.build()
+    plain = output_tensor(pipe(**entry.kwargs()))
+    for reference in ("tsg", {"name": "icg", "source": "gaussian"}):
+        out = output_tensor(guidance.run(pipe, {"scale": 3.0, "reference": reference}, **entry.kwargs()))
+        assert torch.isfinite(out).all() and (out - plain).abs().max() > 1e-4
+
+
+def test_pag_pipeline_with_pag_on_is_refused_through_attach_too() -> None:
+    """With attach the caller runs the PAG pipeline: refused when it sets its timesteps, before it installs its PAG
+    attention processors or calls the UNet."""
+    entry = LONG_TAIL["StableDiffusionPAGPipeline"]
+    pipe = entry.build()
+    processors = dict(pipe.unet.attn_processors)
+    calls = _denoiser_calls(pipe)
+    with guidance.attach(pipe, {"scale": 3.0}) as session, pytest.raises(GuidanceError, match=PAG_ON):
+        pipe(**entry.kwargs(), guidance_scale=2.0, pag_scale=3.0, callback_on_step_end=session.callback)
+    assert calls == [] and pipe.unet.attn_processors == processors
+
+
+def test_icg_without_a_condition_embedding_is_refused() -> None:
+    """A call whose condition sits in no field the adapter knows would give ICG a reference equal to the conditional
+    branch: refused."""
+    pipe = LONG_TAIL["StableDiffusionImg2ImgPipeline"].build()
+    call = DenoiserCall({"sample": torch.zeros(2, 4, 8, 8), "timestep": 10, "encoder_hidden_states": None}, "sample")
+    message = r"ICG found no condition embedding .*\(it looks in: encoder_hidden_states\)"
+    with pytest.raises(GuidanceError, match=message):
+        RowView(call, slice(1, 2), adapter_for(pipe), pipe).embeddings()

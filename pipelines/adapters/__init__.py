@@ -46,19 +46,31 @@ _REFUSED = {
 }
 
 
-# Pipelines of a supported family that use the CFG branches after combining them, where guidance has replaced them.
-_READS_BRANCHES = {
+# Pipelines of a supported family whose own guidance guidance cannot reproduce: they read the CFG branches after
+# combining them (where guidance has replaced them), guide with more than the two branches, or call the denoiser more
+# than once per step.
+_REFUSED = {
     "StableDiffusionSAGPipeline": "its self-attention guidance reads the unconditional prediction after CFG, which "
                                   "guidance replaces with the guided one, so its SAG term would be wrong. Use "
                                   "StableDiffusionPipeline(**pipe.components) with guidance (its pag and seg terms are "
                                   "the perturbed-attention methods it has), or the SAG pipeline without guidance.",
+    **dict.fromkeys(
+        ("StableDiffusionInstructPix2PixPipeline", "StableDiffusionXLInstructPix2PixPipeline"),
+        "its guidance has two scales over three batch parts (text and image conditioned, image only, unconditional), "
+        "which one guided prediction cannot reproduce. Use its own guidance_scale and image_guidance_scale without "
+        "guidance."),
+    "StableDiffusionPanoramaPipeline": "it calls the UNet once per view window at every step, and guidance guides "
+                                       "one denoiser call per step. Use its own guidance_scale without guidance.",
+    "StableDiffusionAttendAndExcitePipeline": "its attention updates call the UNet on the conditional rows alone "
+                                              "within every step, before the CFG batch. Use its own guidance_scale "
+                                              "without guidance.",
 }
 
 
 def adapter_for(pipe: Any) -> Adapter:
     """The adapter of `pipe`'s family, or a GuidanceError naming the supported pipelines."""
-    if type(pipe).__name__ in _READS_BRANCHES:
-        raise GuidanceError(f"{type(pipe).__name__} is not supported: {_READS_BRANCHES[type(pipe).__name__]}")
+    if type(pipe).__name__ in _REFUSED:
+        raise GuidanceError(f"{type(pipe).__name__} is not supported: {_REFUSED[type(pipe).__name__]}")
     transformer = getattr(pipe, "transformer", None)
     unet = getattr(pipe, "unet", None)
     cls: type[Adapter] | None = None

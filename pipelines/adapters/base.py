@@ -74,6 +74,19 @@ class Adapter:
     def check_call(self, call: DenoiserCall) -> None:
         """Raise for a denoiser call of a guided run that guidance cannot serve (called for every one)."""
 
+    def check_pipeline_call(self, needs_pipeline_reference: bool) -> None:
+        """Raise for a pipeline call guidance cannot serve, when it sets its timesteps (before any denoiser step);
+        `needs_pipeline_reference`: the spec's reference is the pipeline's own unconditional branch. A PAG pipeline
+        with PAG on adds perturbed rows to the CFG batch and combines them with the branches guidance replaces."""
+        if getattr(self.pipe, "do_perturbed_attention_guidance", False):
+            name = type(self.pipe).__name__
+            raise GuidanceError(
+                f"{name} runs its own perturbed-attention guidance (pag_scale > 0), which guidance cannot combine with "
+                "its guided prediction. Call it with pag_scale=0, or better use the pipeline without PAG "
+                f"({name.replace('PAG', '')}.from_pipe(pipe)) with a pag term in the spec: terms: [{{reference: pag, "
+                "scale: 3}]."
+            )
+
     def end_step(self, run: Run) -> None:
         """Called after the scheduler's step: raise if the step's calls did not complete the protocol."""
 
@@ -123,28 +136,33 @@ class Adapter:
 
     # ---------------------------------------------------------------- outputs
 
-    def prediction_channels(self) -> int | None:
-        """Output channels holding the prediction when the denoiser also predicts a variance, else None: the first
-        half of the output when the scheduler steps with a learned variance (DeepFloyd IF's stage II takes 6 input
-        channels, its image and the upscaled condition, and outputs 3 + 3), or when the output has twice the input's
-        channels (DiT, PixArt)."""
-        config = self.denoiser.config
-        out, inp = config.get("out_channels"), config.get("in_channels")
+    def prediction_channels(self, sample: torch.Tensor, out: torch.Tensor) -> int | None:
+        """Output channels (dim 1 of an image or video output) holding the prediction when the denoiser also predicts
+        a variance, else None. Read from the call's own tensors, not the config (Kandinsky 2.2's ControlNet UNet is
+        configured for 8 input channels but sees the 4 latent channels, its hint goes in added_cond_kwargs): the
+        first half of the output when the scheduler steps with a learned variance (DeepFloyd IF: stage I 3 → 3 + 3;
+        stage II takes 6 channels, its image and the upscaled condition, and outputs 3 + 3), or the input's channel
+        count when the output has twice as many (DiT, PixArt, Kandinsky 2.2). Inpainting (9 → 4) and the x4 upscaler
+        (7 → 4) predict on all output channels; packed tokens (channels last) have no variance."""
+        if out.ndim < 4:
+            return None
         scheduler = getattr(self.pipe, "scheduler", None)
         variance = getattr(getattr(scheduler, "config", None), "variance_type", None)
-        if out and variance in ("learned", "learned_range") and out % 2 == 0:
-            return out // 2
-        return inp if out is not None and inp is not None and out == 2 * inp else None
+        if variance in ("learned", "learned_range") and out.shape[1] % 2 == 0:
+            return out.shape[1] // 2
+        return sample.shape[1] if out.shape[1] == 2 * sample.shape[1] else None
 
-    def prediction(self, out: torch.Tensor) -> torch.Tensor:
-        """The prediction channels of a raw output (a learned variance is not guided)."""
-        channels = self.prediction_channels()
+    def prediction(self, out: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """The prediction channels of a raw output for the denoiser input `sample` (a learned variance is not
+        guided)."""
+        channels = self.prediction_channels(sample, out)
         return out[:, :channels] if channels else out
 
     def with_prediction(self, out: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
-        """A raw output `out` with its prediction channels replaced by `prediction`."""
-        channels = self.prediction_channels()
-        return torch.cat([prediction, out[:, channels:]], dim=1) if channels else prediction
+        """A raw output `out` with its prediction channels (the leading channels `prediction` has) replaced."""
+        if prediction.shape == out.shape:
+            return prediction
+        return torch.cat([prediction, out[:, prediction.shape[1]:]], dim=1)
 
     def latents(self, sample: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
         """x_t within the denoiser's input `sample`: its leading part shaped like `prediction`. Inpainting UNets
@@ -155,13 +173,14 @@ class Adapter:
         return sample
 
     def zero_output(self, sample: torch.Tensor) -> torch.Tensor:
-        """A zero output for the denoiser input `sample`, shaped like the denoiser's output: its channels (dim 1 of
-        images and videos, the last dim of packed tokens) are the config's out_channels (a learned variance doubles
-        them; an inpainting input has more)."""
+        """A zero output for the denoiser input `sample`, shaped like the denoiser's output. Images and videos: the
+        config's out_channels in dim 1 (a learned variance doubles them; an inpainting input has more; Kandinsky 2.2's
+        ControlNet UNet sees fewer than its in_channels). Packed tokens: out_channels in the last dim when the input
+        has in_channels there (Flux Fill), else the input's."""
         config = self.denoiser.config
         channels, out = config.get("in_channels"), config.get("out_channels")
         dim = sample.ndim - 1 if sample.ndim == 3 else 1
-        if not out or out == channels or sample.shape[dim] != channels:
+        if not out or sample.shape[dim] == out or (sample.ndim == 3 and sample.shape[dim] != channels):
             return torch.zeros_like(sample)
         shape = list(sample.shape)
         shape[dim] = out

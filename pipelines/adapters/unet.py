@@ -15,6 +15,7 @@ from torch import nn
 
 from guidance.errors import GuidanceError
 
+from ..call import Path
 from .doubled import DoubledBatchAdapter
 
 
@@ -25,9 +26,18 @@ class UNetAdapter(DoubledBatchAdapter):
     pag_layers = ("mid",)  # diffusers' StableDiffusionPAGPipeline / StableDiffusionXLPAGPipeline default
 
     @property
+    def embedding_fields(self) -> tuple[Path, ...]:  # type: ignore[override]
+        """The text embedding; Kandinsky 2.2's image embedding (projected to encoder states inside the UNet)."""
+        if self.denoiser.config.get("encoder_hid_dim_type") == "image_proj":
+            return (("added_cond_kwargs", "image_embeds"),)
+        return (("encoder_hidden_states",),)
+
+    @property
     def condition_kind(self) -> str:
+        """A cross-attention UNet is text (or image-embedding) conditioned: its class labels are an auxiliary input
+        (the x4 upscaler's noise level, DeepFloyd IF's), not a condition to guide against."""
         config = self.denoiser.config
-        if config.get("cross_attention_dim") is not None and config.get("num_class_embeds") is None:
+        if config.get("cross_attention_dim") is not None:
             return "text"
         return "class" if config.get("num_class_embeds") else "none"
 
