@@ -35,8 +35,8 @@ _BY_TRANSFORMER = {"FluxTransformer2DModel": FluxAdapter, "SD3Transformer2DModel
                    "LTXVideoTransformer3DModel": LTXAdapter, "HunyuanVideoTransformer3DModel": HunyuanVideoAdapter,
                    "CogVideoXTransformer3DModel": CogVideoXAdapter}
 
-# Denoisers of pipelines guidance refuses: why, and what to use instead.
-_REFUSED = {
+# Denoisers whose pipelines guidance refuses: why, and what to use instead.
+_REFUSED_DENOISERS = {
     "LTX2VideoTransformer3DModel": (
         "LTX2Pipeline denoises video and audio in one transformer call and guides each with its own scale, plus its "
         "own STG and modality-isolation terms built from the guided prediction; guidance wraps one prediction per "
@@ -78,8 +78,8 @@ def adapter_for(pipe: Any) -> Adapter:
         cls = ClassConditionalAdapter
     elif transformer is not None:
         name = type(getattr(transformer, "_orig_mod", transformer)).__name__
-        if name in _REFUSED:
-            raise GuidanceError(_REFUSED[name])
+        if name in _REFUSED_DENOISERS:
+            raise GuidanceError(_REFUSED_DENOISERS[name])
         cls = _BY_TRANSFORMER.get(name)
         if name == "Transformer2DModel" and type(pipe).__name__ == "DiTPipeline":
             cls = DiTAdapter
