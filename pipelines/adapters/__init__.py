@@ -8,8 +8,12 @@ from guidance.errors import GuidanceError
 
 from ..class_conditional import ClassConditionalPipeline
 from .base import Adapter
+from .chroma import ChromaAdapter
 from .dit import DiTAdapter
 from .flux import FluxAdapter
+from .flux2 import Flux2Adapter, Flux2KleinAdapter
+from .flux_kontext import FluxKontextAdapter
+from .lumina2 import Lumina2Adapter
 from .pixart import PixArtAdapter
 from .qwenimage import QwenImageAdapter
 from .sd3 import SD3Adapter
@@ -18,7 +22,8 @@ from .wan import WanAdapter
 
 SUPPORTED = ("StableDiffusionPipeline (1.x/2.x)", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline",
              "FluxPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline", "DiTPipeline",
-             "WanPipeline (Wan 2.1: one expert)", "QwenImagePipeline",
+             "WanPipeline (Wan 2.1: one expert)", "QwenImagePipeline", "FluxKontextPipeline",
+             "Flux2Pipeline (guidance-distilled: no uncond)", "Flux2KleinPipeline", "ChromaPipeline", "Lumina2Pipeline",
              "guidance.pipelines.ClassConditionalPipeline (the digits model, the analytic mixture)",
              "other class-conditional UNet2DModel pipelines that call unet(x, t, class_labels=...) on a [null; cond] "
              "batch")
@@ -26,7 +31,11 @@ SUPPORTED = ("StableDiffusionPipeline (1.x/2.x)", "StableDiffusionXLPipeline", "
 # The transformer families: denoiser class → adapter (a new family is one adapter file and one line here).
 _BY_TRANSFORMER = {"FluxTransformer2DModel": FluxAdapter, "SD3Transformer2DModel": SD3Adapter,
                    "PixArtTransformer2DModel": PixArtAdapter, "DiTTransformer2DModel": DiTAdapter,
-                   "WanTransformer3DModel": WanAdapter, "QwenImageTransformer2DModel": QwenImageAdapter}
+                   "WanTransformer3DModel": WanAdapter, "QwenImageTransformer2DModel": QwenImageAdapter,
+                   "Flux2Transformer2DModel": Flux2Adapter, "ChromaTransformer2DModel": ChromaAdapter,
+                   "Lumina2Transformer2DModel": Lumina2Adapter}
+# Pipelines that share a denoiser class with another family but call it their own way.
+_BY_PIPELINE = {"FluxKontextPipeline": FluxKontextAdapter, "Flux2KleinPipeline": Flux2KleinAdapter}
 
 
 def adapter_for(pipe: Any) -> Adapter:
@@ -38,7 +47,7 @@ def adapter_for(pipe: Any) -> Adapter:
         cls = ClassConditionalAdapter
     elif transformer is not None:
         name = type(getattr(transformer, "_orig_mod", transformer)).__name__
-        cls = _BY_TRANSFORMER.get(name)
+        cls = _BY_PIPELINE.get(type(pipe).__name__) or _BY_TRANSFORMER.get(name)
         if name == "Transformer2DModel" and type(pipe).__name__ == "DiTPipeline":
             cls = DiTAdapter
     elif unet is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .separate import conditional_norm
 from .true_cfg import TrueCFGAdapter
 
 
@@ -25,4 +26,4 @@ class QwenImageAdapter(TrueCFGAdapter):
         return torch.zeros_like(sample)  # its out_channels count unpacked channels; the output is packed like the input
 
     def after_combination(self, cond: torch.Tensor, guided: torch.Tensor) -> torch.Tensor:
-        return guided * (torch.norm(cond, dim=-1, keepdim=True) / torch.norm(guided, dim=-1, keepdim=True))
+        return conditional_norm(cond, guided)

@@ -22,7 +22,14 @@ from ..call import DenoiserCall, Group, first_output, with_first_output
 from .base import Adapter
 
 if TYPE_CHECKING:
+    from guidance.spec import Guidance
+
     from ..session import Run, Session
+
+
+def conditional_norm(cond: torch.Tensor, guided: torch.Tensor) -> torch.Tensor:
+    """`guided` rescaled to the norm of `cond` along the last dim (Qwen-Image, Lumina 2 after their combination)."""
+    return guided * (torch.norm(cond, dim=-1, keepdim=True) / torch.norm(guided, dim=-1, keepdim=True))
 
 
 @dataclass
@@ -41,6 +48,18 @@ class SeparateCallsAdapter(Adapter):
     """A family whose pipeline runs the prompt and the negative prompt as separate denoiser calls."""
 
     calls_per_step = 2
+
+    @property
+    def negative_call(self) -> bool:
+        """Whether the pipeline has a negative-prompt call at all (a guidance-distilled one has none)."""
+        return True
+
+    def check_guidance(self, guidance: Guidance) -> None:
+        if not self.negative_call and not guidance.reference.from_condition:
+            raise GuidanceError(
+                f"{type(self.pipe).__name__} is guidance-distilled: it makes no negative-prompt call, so reference "
+                f"`{guidance.reference.name}` has nothing to contrast with. Use a reference built from the "
+                "conditional call: slg, tsg, icg or autoguidance (as the main reference or as terms).")
 
     def batch_size(self, call: DenoiserCall) -> int:
         return call.batch

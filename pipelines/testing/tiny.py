@@ -61,6 +61,17 @@ from .components import (
     text_config,
     tiny_tokenizer,
 )
+from .tiny_flux_variants import (
+    flux2_arguments,
+    flux2_klein_arguments,
+    flux_kontext_arguments,
+    masked_arguments,
+    tiny_chroma,
+    tiny_flux2,
+    tiny_flux2_klein,
+    tiny_flux_kontext,
+    tiny_lumina2,
+)
 
 # The UNet settings SD and SDXL share: two levels of widths 16 and 32 over the 8 x 8 latents.
 _TWO_LEVEL_UNET: dict[str, Any] = {"sample_size": LATENT_SIZE, "in_channels": 4, "out_channels": 4,
@@ -302,14 +313,22 @@ BUILDERS: dict[str, Any] = {
     "dit": tiny_dit,
     "wan": tiny_wan,
     "qwenimage": tiny_qwenimage,
+    "flux_kontext": tiny_flux_kontext,
+    "flux2_klein": tiny_flux2_klein,
+    "chroma": tiny_chroma,
+    "lumina2": tiny_lumina2,
+    "flux2": tiny_flux2,
+    "flux2_klein_distilled": partial(tiny_flux2_klein, is_distilled=True),
 }
-FAMILIES = tuple(BUILDERS)
+# guidance-distilled families: no negative branch, so no `uncond` reference (every other reference works)
+DISTILLED = ("flux2", "flux2_klein_distilled")
+FAMILIES = tuple(family for family in BUILDERS if family not in DISTILLED)  # families with a CFG branch
 
 
 def tiny_pipeline(family: str, seed: int = 0) -> DiffusionPipeline:
     """Build the tiny pipeline of ``family`` (one of ``FAMILIES``) with its default scheduler."""
     if family not in BUILDERS:
-        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+        raise ValueError(f"unknown family {family!r}; expected one of {tuple(BUILDERS)}")
     return BUILDERS[family](seed=seed)
 
 
@@ -374,6 +393,12 @@ CALL_ARGUMENTS: dict[str, Any] = {
     "dit": _class_arguments,
     "wan": _wan_arguments,
     "qwenimage": _qwenimage_arguments,
+    "flux_kontext": flux_kontext_arguments,
+    "flux2_klein": flux2_klein_arguments,
+    "chroma": partial(masked_arguments, dtype=torch.float32),
+    "lumina2": partial(masked_arguments, size=4 * IMAGE_SIZE),
+    "flux2": flux2_arguments,
+    "flux2_klein_distilled": flux2_klein_arguments,
 }
 
 
@@ -392,7 +417,7 @@ def tiny_call_kwargs(
     (5 frames) are ``(batch, 16, 2, 4, 4)`` video latents in ``.frames``.
     """
     if family not in CALL_ARGUMENTS:
-        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+        raise ValueError(f"unknown family {family!r}; expected one of {tuple(CALL_ARGUMENTS)}")
     rng = torch.Generator().manual_seed(seed)
     return {"num_inference_steps": num_inference_steps, "generator": torch.Generator().manual_seed(seed),
             **CALL_ARGUMENTS[family](batch, rng, guidance_scale, seed)}
