@@ -55,11 +55,13 @@ class SeparateCallsAdapter(Adapter):
         return True
 
     def check_guidance(self, guidance: Guidance) -> None:
-        if not self.negative_call and not guidance.reference.from_condition:
+        conditional_only = guidance.scale == 1.0 and not guidance.rule.corrects_sampler  # docs/CONVENTIONS.md §4
+        if not self.negative_call and not guidance.reference.from_condition and not conditional_only:
             raise GuidanceError(
                 f"{type(self.pipe).__name__} is guidance-distilled: it makes no negative-prompt call, so reference "
                 f"`{guidance.reference.name}` has nothing to contrast with. Use a reference built from the "
-                "conditional call: slg, tsg, icg or autoguidance (as the main reference or as terms).")
+                "conditional call (slg, stg, tsg, icg or autoguidance) as the main reference, or scale: 1 with such "
+                "references as terms.")
 
     def batch_size(self, call: DenoiserCall) -> int:
         return call.batch
