@@ -180,7 +180,8 @@ def test_apg_in_x0_space_matches_hand_formula(family: str) -> None:
         a, s = coefficients(pipe, facts, k, timestep)
         if facts.tokens:
             assert x.shape[1] > facts.tokens, "the call holds no conditioning tokens: the check cannot see them"
-            every_token = from_x0(facts, apg_by_hand(to_x0(facts, cond, x, a, s), to_x0(facts, uncond, x, a, s)), x, a, s)
+            apg_everywhere = apg_by_hand(to_x0(facts, cond, x, a, s), to_x0(facts, uncond, x, a, s))
+            every_token = from_x0(facts, apg_everywhere, x, a, s)
             cond, uncond, x = (v[:, :facts.tokens] for v in (cond, uncond, x))
         x0_c, x0_u = to_x0(facts, cond, x, a, s), to_x0(facts, uncond, x, a, s)
         expected = from_x0(facts, apg_by_hand(x0_c, x0_u), x, a, s)

@@ -19,13 +19,14 @@ from conftest import output_tensor, strip_scales
 PRESETS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 FAMILIES = {"stabilityai/stable-diffusion-xl-base-1.0": "sdxl", "stabilityai/stable-diffusion-2-1": "sd",
             "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd", "facebook/DiT-XL-2-256": "dit",
-            "stabilityai/stable-diffusion-3-medium-diffusers": "sd3", "stabilityai/stable-diffusion-3.5-medium": "sd35"}
+            "stabilityai/stable-diffusion-3-medium-diffusers": "sd3", "stabilityai/stable-diffusion-3.5-medium": "sd35",
+            "black-forest-labs/FLUX.1-Kontext-dev": "flux_kontext"}
 
 
 def test_presets_cover_the_methods_and_families() -> None:
     names = {p.stem for p in PRESETS}
     assert {"sdxl-apg", "sd21-apg", "dit-apg", "sd15-cfgpp", "sdxl-ag", "sdxl-apg-linear-schedule-ag", "dit-icg-tsg",
-            "digits-cfg", "sdxl-pag", "sd35-slg", "sdxl-apg-pag", "digits-autoguidance"} <= names
+            "digits-cfg", "sdxl-pag", "sd35-slg", "sdxl-apg-pag", "digits-autoguidance", "flux-kontext"} <= names
 
 
 def on_tiny_blocks(spec: guidance.Guidance, pipe) -> dict:

@@ -289,10 +289,10 @@ def test_methods_that_do_not_fit_are_refused_with_the_reason(family: str, refere
         guided(pipe, family, {"scale": 3.0, "terms": [{"reference": reference, "scale": 1.0}]})
 
 
-@pytest.mark.parametrize("family", ["flux", "qwenimage"])
+@pytest.mark.parametrize("family", ["flux", "qwenimage", "flux_kontext", "flux2_klein", "chroma", "lumina2"])
 def test_separate_call_families_take_slg_terms_in_their_conditional_call(family: str, row_counter) -> None:
-    """Flux and Qwen-Image run the prompt and the negative prompt as separate calls: the term's rows join the
-    conditional one, and the term changes the result."""
+    """Flux, Qwen-Image, Flux Kontext, FLUX.2 Klein, Chroma and Lumina 2 run the prompt and the negative prompt as
+    separate calls: the term's rows join the conditional one, and the term changes the result."""
     pipe = tiny_pipeline(family)
     counter = row_counter(pipe)
     out = guided(pipe, family, {"scale": 4.0, "terms": [{"reference": {"name": "slg", "layers": [1]}, "scale": 2.0}]})
