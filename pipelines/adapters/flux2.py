@@ -44,15 +44,12 @@ class Flux2Adapter(SeparateCallsAdapter):
         return [self.denoiser.time_guidance_embed.timestep_embedder]
 
     def run_kwargs(self, kwargs: dict[str, Any], needs_pipeline_reference: bool) -> dict[str, Any]:
-        return kwargs  # no CFG switch; guidance_scale stays the distilled-guidance input
+        if not self.negative_call:
+            return kwargs  # no CFG switch; FLUX.2 [dev]'s guidance_scale stays the distilled-guidance input
+        return super().run_kwargs(kwargs, needs_pipeline_reference)  # Klein: guidance_scale > 1 switches CFG on
 
 
 class Flux2KleinAdapter(Flux2Adapter):
     @property
     def negative_call(self) -> bool:
         return not self.pipe.config.get("is_distilled", False)
-
-    def run_kwargs(self, kwargs: dict[str, Any], needs_pipeline_reference: bool) -> dict[str, Any]:
-        if not self.negative_call:
-            return super().run_kwargs(kwargs, needs_pipeline_reference)
-        return SeparateCallsAdapter.run_kwargs(self, kwargs, needs_pipeline_reference)
