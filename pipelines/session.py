@@ -56,6 +56,7 @@ class Run:
     term_scales: list[list[float | None]] = field(default_factory=list)  # per term, s_i of every step
     step: int | None = None  # index into the scheduler's timesteps, located at the first denoiser call
     batch_size: int = 0  # samples in the pipeline's batch
+    tokens: int | None = None  # leading generated tokens of a sequence with conditioning tokens (None: all)
     calls: int = 0  # denoiser calls seen in this step
     rows_before: int = 0  # session row count when this step began
     carried: Any = None  # what the adapter's call protocol carries from one call of the step to the next
@@ -76,6 +77,7 @@ class Session:
         self.pipe = pipe
         self.guidance: Guidance = load(spec).model_copy(deep=True)
         self.adapter = adapter_for(pipe)
+        self.adapter.check_guidance(self.guidance)
         self.telemetry = telemetry
         self.callback = StepEndCallback(self)
         self.current_run: Run | None = None
@@ -225,9 +227,10 @@ class Session:
     def _locate(self, call: DenoiserCall) -> None:
         """First denoiser call of a run: find the step (img2img starts late) and reset batch-sized state."""
         run = self.current_run
-        t = float(call.get(("timestep",)).flatten()[0]) * self.adapter.timestep_scale
+        t = self.adapter.scheduler_timestep(float(call.get(self.adapter.timestep_field).flatten()[0]))
         run.step = min(range(len(run.table)), key=lambda k: abs(run.table.timesteps[k] - t))
         run.batch_size, run.rows_before = self.adapter.batch_size(call), self._rows
+        run.tokens = self.adapter.generated_tokens(call)
         self.guidance.policy.reset(run.batch_size, run.table)
 
     # ---------------------------------------------------------------- services of the adapters' call protocols
@@ -330,13 +333,19 @@ class Session:
     def guide(self, w: float | None, x: torch.Tensor, cond: torch.Tensor, reference: torch.Tensor | None,
               samples: list[int], terms: list[tuple[Term, float, torch.Tensor]] = ()) -> torch.Tensor:
         """The guided output of the B samples (all output channels) from the raw outputs of the branches; `terms`:
-        the active terms with their s_i and their reference's raw output."""
+        the active terms with their s_i and their reference's raw output. Only the generated tokens are guided
+        (`Adapter.generated_tokens`); conditioning tokens pass through from `cond`."""
         run = self.current_run
         k = run.step
         point = StepPoint(index=k, batch_size=run.batch_size, a=run.table.a[k], s=run.table.s[k],
                           prediction_type=run.table.prediction_type)
+        tokens = run.tokens
+
+        def generated(out: torch.Tensor) -> torch.Tensor:
+            return out if tokens is None else out[:, :tokens]
+
         def prediction(out: torch.Tensor) -> torch.Tensor:
-            return self.adapter.prediction(out, x)
+            return self.adapter.prediction(generated(out), x)
 
         cond_prediction = prediction(cond)
         term_inputs = [TermInput(term, s, prediction(output)) for term, s, output in terms]
@@ -346,7 +355,8 @@ class Session:
         if self._correction is not None and step.reference is not None:
             run.correction = (step.reference, step.prediction)
         self._record(w, step)
-        return self.adapter.with_prediction(cond, step.prediction)
+        guided = self.adapter.with_prediction(generated(cond), step.prediction)
+        return guided if tokens is None else torch.cat([guided, cond[:, tokens:]], dim=1)
 
     def _record(self, w: float | None, step: GuidedStep) -> None:
         run = self.current_run

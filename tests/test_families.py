@@ -28,7 +28,8 @@ W = 5.0
 
 
 def norm_rescale(cond: torch.Tensor, guided: torch.Tensor) -> torch.Tensor:
-    """Qwen-Image's rescale of the combined prediction to the conditional's norm, per token."""
+    """Qwen-Image's and Lumina 2's rescale of the combined prediction to the conditional's norm along the last dim
+    (per token for Qwen's packed latents, per latent row for Lumina's unpacked ones)."""
     return guided * (cond.norm(dim=-1, keepdim=True) / guided.norm(dim=-1, keepdim=True))
 
 
@@ -37,13 +38,17 @@ class Facts:
     """protocol: "doubled" (one call on [uncond; cond], or [cond; uncond] with cond_first) or "separate" (a cond
     call, then a negative call); prediction: "epsilon", "v_prediction" or "flow" (x_t = (1 − σ)·x0 + σ·n, output
     n − x0 at the scheduler's σ); channels: output channels that are the prediction (learned variance); after: the
-    pipeline's own change to the combined prediction."""
+    pipeline's own change to the combined prediction; negated: the pipeline negates the output before its step
+    (Lumina 2: its transformer runs time the other way and predicts x0 − n); tokens: the leading tokens of the
+    sequence the pipeline keeps (Kontext: the input image's tokens follow them and are dropped)."""
 
     protocol: str
     prediction: str
     cond_first: bool = False
     channels: int | None = None
     after: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    negated: bool = False
+    tokens: int | None = None
 
 
 FACTS = {
@@ -61,6 +66,10 @@ FACTS = {
     "hunyuanvideo": Facts("separate", "flow"),
     "cogvideox": Facts("doubled", "v_prediction"),
     "animatediff": Facts("doubled", "epsilon"),
+    "flux_kontext": Facts("separate", "flow", tokens=16),  # 4 x 4 packed latents, then the image's 16 tokens
+    "flux2_klein": Facts("separate", "flow"),
+    "chroma": Facts("separate", "flow"),
+    "lumina2": Facts("separate", "flow", after=norm_rescale, negated=True),
 }
 
 
@@ -170,7 +179,14 @@ def test_apg_in_x0_space_matches_hand_formula(family: str) -> None:
             x = x.chunk(2)[0 if facts.cond_first else 1]
         if facts.channels:
             cond, uncond = cond[:, :facts.channels], uncond[:, :facts.channels]
+        if facts.negated:
+            cond, uncond = -cond, -uncond
         a, s = coefficients(pipe, facts, k, timestep)
+        if facts.tokens:
+            assert x.shape[1] > facts.tokens, "the call holds no conditioning tokens: the check cannot see them"
+            apg_everywhere = apg_by_hand(to_x0(facts, cond, x, a, s), to_x0(facts, uncond, x, a, s))
+            every_token = from_x0(facts, apg_everywhere, x, a, s)
+            cond, uncond, x = (v[:, :facts.tokens] for v in (cond, uncond, x))
         x0_c, x0_u = to_x0(facts, cond, x, a, s), to_x0(facts, uncond, x, a, s)
         expected = from_x0(facts, apg_by_hand(x0_c, x0_u), x, a, s)
         if facts.after is not None:
@@ -184,6 +200,9 @@ def test_apg_in_x0_space_matches_hand_formula(family: str) -> None:
         assert error <= 1e-4 * float(x0_expected.abs().max()) + 1e-5, f"step {k}: x̂0 is {error} from the hand APG"
         assert float((got - from_x0(facts, x0_c + (W - 1) * (x0_c - x0_u), x, a, s)).abs().max()) > 1e-3, (
             "the projection changed nothing: the check cannot tell APG from CFG here")
+        if facts.tokens:
+            assert float((got - every_token[:, :facts.tokens]).abs().max()) > 1e-3, (
+                "APG over the image's tokens too gives the same: the check cannot tell them apart")
 
 
 @pytest.mark.parametrize("family", FAMILIES)

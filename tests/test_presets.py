@@ -21,13 +21,15 @@ FAMILIES = {"stabilityai/stable-diffusion-xl-base-1.0": "sdxl", "stabilityai/sta
             "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd", "facebook/DiT-XL-2-256": "dit",
             "stabilityai/stable-diffusion-3-medium-diffusers": "sd3", "stabilityai/stable-diffusion-3.5-medium": "sd35",
             "Qwen/Qwen-Image": "qwenimage", "Lightricks/LTX-Video": "ltx",
-            "hunyuanvideo-community/HunyuanVideo": "hunyuanvideo"}
+            "hunyuanvideo-community/HunyuanVideo": "hunyuanvideo",
+            "black-forest-labs/FLUX.1-Kontext-dev": "flux_kontext"}
 
 
 def test_presets_cover_the_methods_and_families() -> None:
     names = {p.stem for p in PRESETS}
     assert {"sdxl-apg", "sd21-apg", "dit-apg", "sd15-cfgpp", "sdxl-ag", "sdxl-apg-linear-schedule-ag", "dit-icg-tsg",
-            "digits-cfg", "sdxl-pag", "sd35-slg", "sdxl-apg-pag", "digits-autoguidance", "qwen-image"} <= names
+            "digits-cfg", "sdxl-pag", "sd35-slg", "sdxl-apg-pag", "digits-autoguidance", "qwen-image", "flux-kontext",
+            "ltx-video", "hunyuanvideo"} <= names
 
 
 def on_tiny_blocks(spec: guidance.Guidance, pipe) -> dict:

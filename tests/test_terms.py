@@ -26,7 +26,7 @@ from scipy import ndimage
 import guidance
 from guidance.pipelines.perturbations.base import RowDispatch, RowScope
 from guidance.pipelines.perturbations.queries import blur_queries
-from guidance.pipelines.testing.tiny import tiny_call_kwargs, tiny_pipeline
+from guidance.pipelines.testing.tiny import DISTILLED, FAMILIES, tiny_call_kwargs, tiny_pipeline
 
 from conftest import output_tensor, strip_scales
 from reference_loops import ddim_guided, sd_call, sd_inputs
@@ -289,10 +289,10 @@ def test_methods_that_do_not_fit_are_refused_with_the_reason(family: str, refere
         guided(pipe, family, {"scale": 3.0, "terms": [{"reference": reference, "scale": 1.0}]})
 
 
-@pytest.mark.parametrize("family", ["flux", "qwenimage"])
+@pytest.mark.parametrize("family", ["flux", "qwenimage", "flux_kontext", "flux2_klein", "chroma", "lumina2"])
 def test_separate_call_families_take_slg_terms_in_their_conditional_call(family: str, row_counter) -> None:
-    """Flux and Qwen-Image run the prompt and the negative prompt as separate calls: the term's rows join the
-    conditional one, and the term changes the result."""
+    """Flux, Qwen-Image, Flux Kontext, FLUX.2 Klein, Chroma and Lumina 2 run the prompt and the negative prompt as
+    separate calls: the term's rows join the conditional one, and the term changes the result."""
     pipe = tiny_pipeline(family)
     counter = row_counter(pipe)
     out = guided(pipe, family, {"scale": 4.0, "terms": [{"reference": {"name": "slg", "layers": [1]}, "scale": 2.0}]})
@@ -316,21 +316,21 @@ def test_nested_perturbations_cut_their_own_rows() -> None:
     assert (joint - one_step([slg])).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "sd35", "flux", "pixart", "pixart_sigma", "dit", "wan",
-                                    "qwenimage", "ltx", "hunyuanvideo", "cogvideox", "animatediff"])
+@pytest.mark.parametrize("family", [*FAMILIES, *DISTILLED])
 @pytest.mark.parametrize("reference", ["pag", "seg", "slg", "stg"])
 def test_every_family_has_defaults_or_a_clear_refusal(family: str, reference: str) -> None:
     """Each perturbed reference with its family default runs (finite, different from CFG alone) or is refused with a
     GuidanceError (defaults of real models index blocks a tiny model lacks; UNets have no block list; Flux no
     diffusers self-attention)."""
     pipe = tiny_pipeline(family)
-    spec = {"scale": 3.0, "terms": [{"reference": reference, "scale": 1.0}]}
+    w = 1.0 if family in DISTILLED else 3.0  # a guidance-distilled family has no uncond branch: the term alone
+    spec = {"scale": w, "terms": [{"reference": reference, "scale": 1.0}]}
     try:
         out = guided(pipe, family, spec)
     except guidance.GuidanceError as error:
         assert reference in str(error)
         return
-    assert torch.isfinite(out).all() and (out - guided(pipe, family, {"scale": 3.0})).abs().max() > 1e-4
+    assert torch.isfinite(out).all() and (out - guided(pipe, family, {"scale": w})).abs().max() > 1e-4
 
 
 def test_wan_video_takes_skipped_blocks_and_time_perturbation(row_counter) -> None:

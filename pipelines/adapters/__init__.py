@@ -9,11 +9,15 @@ from guidance.errors import GuidanceError
 from ..class_conditional import ClassConditionalPipeline
 from .animatediff import AnimateDiffAdapter
 from .base import Adapter
+from .chroma import ChromaAdapter
 from .cogvideox import CogVideoXAdapter
 from .dit import DiTAdapter
 from .flux import FluxAdapter
+from .flux2 import Flux2Adapter, Flux2KleinAdapter
+from .flux_kontext import FluxKontextAdapter
 from .hunyuanvideo import HunyuanVideoAdapter
 from .ltx import LTXAdapter
+from .lumina2 import Lumina2Adapter
 from .pixart import PixArtAdapter
 from .qwenimage import QwenImageAdapter
 from .sd3 import SD3Adapter
@@ -22,8 +26,9 @@ from .wan import WanAdapter
 
 SUPPORTED = ("StableDiffusionPipeline (1.x/2.x)", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline",
              "FluxPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline", "DiTPipeline",
-             "WanPipeline (Wan 2.1: one expert)", "QwenImagePipeline", "LTXPipeline", "HunyuanVideoPipeline",
-             "CogVideoXPipeline", "AnimateDiffPipeline",
+             "WanPipeline (Wan 2.1: one expert)", "QwenImagePipeline", "FluxKontextPipeline",
+             "Flux2Pipeline (guidance-distilled: no uncond)", "Flux2KleinPipeline", "ChromaPipeline", "Lumina2Pipeline",
+             "LTXPipeline", "HunyuanVideoPipeline", "CogVideoXPipeline", "AnimateDiffPipeline",
              "guidance.pipelines.ClassConditionalPipeline (the digits model, the analytic mixture)",
              "other class-conditional UNet2DModel pipelines that call unet(x, t, class_labels=...) on a [null; cond] "
              "batch")
@@ -33,7 +38,11 @@ _BY_TRANSFORMER = {"FluxTransformer2DModel": FluxAdapter, "SD3Transformer2DModel
                    "PixArtTransformer2DModel": PixArtAdapter, "DiTTransformer2DModel": DiTAdapter,
                    "WanTransformer3DModel": WanAdapter, "QwenImageTransformer2DModel": QwenImageAdapter,
                    "LTXVideoTransformer3DModel": LTXAdapter, "HunyuanVideoTransformer3DModel": HunyuanVideoAdapter,
-                   "CogVideoXTransformer3DModel": CogVideoXAdapter}
+                   "CogVideoXTransformer3DModel": CogVideoXAdapter,
+                   "Flux2Transformer2DModel": Flux2Adapter, "ChromaTransformer2DModel": ChromaAdapter,
+                   "Lumina2Transformer2DModel": Lumina2Adapter}
+# Pipelines that share a denoiser class with another family but call it their own way.
+_BY_PIPELINE = {"FluxKontextPipeline": FluxKontextAdapter, "Flux2KleinPipeline": Flux2KleinAdapter}
 
 # Denoisers whose pipelines guidance refuses: why, and what to use instead.
 _REFUSED_DENOISERS = {
@@ -80,7 +89,7 @@ def adapter_for(pipe: Any) -> Adapter:
         name = type(getattr(transformer, "_orig_mod", transformer)).__name__
         if name in _REFUSED_DENOISERS:
             raise GuidanceError(_REFUSED_DENOISERS[name])
-        cls = _BY_TRANSFORMER.get(name)
+        cls = _BY_PIPELINE.get(type(pipe).__name__) or _BY_TRANSFORMER.get(name)
         if name == "Transformer2DModel" and type(pipe).__name__ == "DiTPipeline":
             cls = DiTAdapter
     elif unet is not None:

@@ -19,6 +19,8 @@ from ..call import DenoiserCall, Path
 from .layers import attention_layers, indexed_blocks, self_attention_places
 
 if TYPE_CHECKING:
+    from guidance.spec import Guidance
+
     from ..session import Run, Session
 
 # Prompts for ICG's `prompt` source: generic, mutually unrelated captions.
@@ -40,6 +42,7 @@ class Adapter:
     embedding_fields: ClassVar[tuple[Path, ...]] = (("encoder_hidden_states",),)
     class_field: ClassVar[Path | None] = None
     skip_keys: ClassVar[frozenset[str]] = frozenset()
+    timestep_field: ClassVar[Path] = ("timestep",)
     timestep_scale: ClassVar[float] = 1.0  # denoiser timestep argument × this = the scheduler's timestep
     pag_layers: ClassVar[tuple[str, ...]] = ()  # default `layers` of pag and seg: diffusers' PAG default, or ours
     block_lists: ClassVar[tuple[str, ...]] = ()  # the denoiser's main block list(s), for slg and stg
@@ -71,6 +74,9 @@ class Adapter:
         frame (AnimateDiff's prompt embeddings) regroups them here and sets the call's `prepare` to undo it."""
         return call
 
+    def check_guidance(self, guidance: Guidance) -> None:
+        """Raise for a spec this family cannot serve (called when a session is made)."""
+
     def check_call(self, call: DenoiserCall) -> None:
         """Raise for a denoiser call of a guided run that guidance cannot serve (called for every one)."""
 
@@ -86,6 +92,16 @@ class Adapter:
                 f"({name.replace('PAG', '')}.from_pipe(pipe)) with a pag term in the spec: terms: [{{reference: pag, "
                 "scale: 3}]."
             )
+
+    def scheduler_timestep(self, timestep: float) -> float:
+        """The scheduler's timestep for the time the pipeline passed its denoiser."""
+        return timestep * self.timestep_scale
+
+    def generated_tokens(self, call: DenoiserCall) -> int | None:
+        """For a denoiser on packed tokens whose sequence also holds conditioning tokens (an input image's, which the
+        pipeline drops from the output): how many leading tokens are generated. None: all of them. Guidance acts on
+        those tokens only; the others pass through from the conditional output."""
+        return None
 
     def end_step(self, run: Run) -> None:
         """Called after the scheduler's step: raise if the step's calls did not complete the protocol."""
@@ -127,8 +143,9 @@ class Adapter:
         return indexed_blocks(self.denoiser, self.block_lists, chosen, method)
 
     def block_passthrough(self, arguments: dict[str, Any]) -> Any:
-        """A skipped block's output: its input (blocks of joint-attention families return both streams)."""
-        if self.joint_blocks:
+        """A skipped block's output: its input (blocks of joint-attention families return both streams where they are
+        given both, in the family's order; single-stream blocks of the same families take and return one)."""
+        if self.joint_blocks and arguments.get("encoder_hidden_states") is not None:
             if self.hidden_states_first:
                 return arguments["hidden_states"], arguments["encoder_hidden_states"]
             return arguments["encoder_hidden_states"], arguments["hidden_states"]

@@ -18,17 +18,10 @@ class QwenImageAdapter(TrueCFGAdapter):
     skip_keys = frozenset({"img_shapes", "txt_seq_lens"})
     joint_blocks = True
     block_lists = ("transformer_blocks",)
+    rescales_to_conditional = True
 
     def time_embedders(self) -> list[nn.Module]:
         return [self.denoiser.time_text_embed.timestep_embedder]
 
     def zero_output(self, sample: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(sample)  # its out_channels count unpacked channels; the output is packed like the input
-
-    def negative_at_zero(self, zero: torch.Tensor) -> torch.Tensor:
-        """The pipeline rescales comb = neg + s·(cond − neg) by ‖cond‖/‖comb‖: with cond = 0 and neg = 1, comb ≠ 0
-        and the result is exactly 0 (neg = 0 too would give 0/0)."""
-        return torch.ones_like(zero)
-
-    def after_combination(self, cond: torch.Tensor, guided: torch.Tensor) -> torch.Tensor:
-        return guided * (torch.norm(cond, dim=-1, keepdim=True) / torch.norm(guided, dim=-1, keepdim=True))

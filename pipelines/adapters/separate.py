@@ -22,7 +22,14 @@ from ..call import DenoiserCall, Group, first_output, with_first_output
 from .base import Adapter
 
 if TYPE_CHECKING:
+    from guidance.spec import Guidance
+
     from ..session import Run, Session
+
+
+def conditional_norm(cond: torch.Tensor, guided: torch.Tensor) -> torch.Tensor:
+    """`guided` rescaled to the norm of `cond` along the last dim (Qwen-Image, Lumina 2 after their combination)."""
+    return guided * (torch.norm(cond, dim=-1, keepdim=True) / torch.norm(guided, dim=-1, keepdim=True))
 
 
 @dataclass
@@ -41,6 +48,20 @@ class SeparateCallsAdapter(Adapter):
     """A family whose pipeline runs the prompt and the negative prompt as separate denoiser calls."""
 
     calls_per_step = 2
+
+    @property
+    def negative_call(self) -> bool:
+        """Whether the pipeline has a negative-prompt call at all (a guidance-distilled one has none)."""
+        return True
+
+    def check_guidance(self, guidance: Guidance) -> None:
+        conditional_only = guidance.scale == 1.0 and not guidance.rule.corrects_sampler  # docs/CONVENTIONS.md §4
+        if not self.negative_call and not guidance.reference.from_condition and not conditional_only:
+            raise GuidanceError(
+                f"{type(self.pipe).__name__} is guidance-distilled: it makes no negative-prompt call, so reference "
+                f"`{guidance.reference.name}` has nothing to contrast with. Use a reference built from the "
+                "conditional call (slg, stg, tsg, icg or autoguidance) as the main reference, or scale: 1 with such "
+                "references as terms.")
 
     def batch_size(self, call: DenoiserCall) -> int:
         return call.batch
@@ -82,15 +103,21 @@ class SeparateCallsAdapter(Adapter):
         run.carried = awaiting.cond
         return with_first_output(out, awaiting.cond)
 
+    @property
+    def rescales_to_conditional(self) -> bool:
+        """Whether the pipeline rescales its combined prediction to the conditional one's norm (`conditional_norm`)."""
+        return False
+
     def negative_at_zero(self, zero: torch.Tensor) -> torch.Tensor:
         """What the negative call returns at a zero-output step (CFG-Zero*'s zero-init), where the conditional call
-        returned `zero`: such that the pipeline's own combination yields 0."""
-        return zero
+        returned `zero`, such that the pipeline's own combination yields 0. A pipeline that rescales comb =
+        neg + s·(cond − neg) by ‖cond‖/‖comb‖ gets neg = 1: comb ≠ 0 and the result is exactly 0 (not 0/0)."""
+        return torch.ones_like(zero) if self.rescales_to_conditional else zero
 
     def after_combination(self, cond: torch.Tensor, guided: torch.Tensor) -> torch.Tensor:
         """What the pipeline does to its combined prediction after `neg + s·(cond − neg)`, applied to g here (the
         pipeline then sees g in both outputs, so its own step would be the identity)."""
-        return guided
+        return conditional_norm(cond, guided) if self.rescales_to_conditional else guided
 
     def end_step(self, run: Run) -> None:
         if isinstance(run.carried, AwaitingNegative):

@@ -17,6 +17,7 @@ Family notes (diffusers 0.42):
 
 from __future__ import annotations
 
+import importlib
 from functools import partial
 from typing import Any
 
@@ -56,16 +57,6 @@ from .components import (
     small_vae,
     text_config,
     tiny_tokenizer,
-)
-from .tiny_video import (
-    animatediff_arguments,
-    cogvideox_arguments,
-    hunyuanvideo_arguments,
-    ltx_arguments,
-    tiny_animatediff,
-    tiny_cogvideox,
-    tiny_hunyuanvideo,
-    tiny_ltx,
 )
 
 # The UNet settings SD and SDXL share: two levels of widths 16 and 32 over the 8 x 8 latents.
@@ -321,20 +312,13 @@ BUILDERS: dict[str, Any] = {
     "dit": tiny_dit,
     "wan": tiny_wan,
     "qwenimage": tiny_qwenimage,
-    "ltx": tiny_ltx,
-    "hunyuanvideo": tiny_hunyuanvideo,
-    "cogvideox": tiny_cogvideox,
-    "animatediff": tiny_animatediff,
 }
-# the pipeline class of each family newer than the oldest supported diffusers (0.32), which has fewer families
-NEWER = {"wan": "WanPipeline", "qwenimage": "QwenImagePipeline"}
-FAMILIES = tuple(family for family in BUILDERS if hasattr(diffusers, NEWER.get(family, "DiffusionPipeline")))
 
 
 def tiny_pipeline(family: str, seed: int = 0) -> DiffusionPipeline:
     """Build the tiny pipeline of ``family`` (one of ``FAMILIES``) with its default scheduler."""
     if family not in BUILDERS:
-        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+        raise ValueError(f"unknown family {family!r}; expected one of {tuple(BUILDERS)}")
     return BUILDERS[family](seed=seed)
 
 
@@ -399,11 +383,22 @@ CALL_ARGUMENTS: dict[str, Any] = {
     "dit": _class_arguments,
     "wan": _wan_arguments,
     "qwenimage": _qwenimage_arguments,
-    "ltx": ltx_arguments,
-    "hunyuanvideo": hunyuanvideo_arguments,
-    "cogvideox": cogvideox_arguments,
-    "animatediff": animatediff_arguments,
 }
+
+
+# The families built in group modules, each with its own BUILDERS and CALL_ARGUMENTS tables. A group whose diffusers
+# classes the installed diffusers lacks (older than the group's newest family) is left out.
+GROUPS = ("tiny_video", "tiny_flux_variants")
+for _group in GROUPS:
+    try:
+        _module = importlib.import_module(f".{_group}", __package__)
+    except ImportError:
+        continue
+    BUILDERS.update(_module.BUILDERS)
+    CALL_ARGUMENTS.update(_module.CALL_ARGUMENTS)
+# guidance-distilled families: no negative branch, so no `uncond` reference (every other reference works)
+DISTILLED = ("flux2", "flux2_klein_distilled")
+FAMILIES = tuple(family for family in BUILDERS if family not in DISTILLED)  # families with a CFG branch
 
 
 def tiny_call_kwargs(
@@ -421,7 +416,7 @@ def tiny_call_kwargs(
     (5 frames) are ``(batch, 16, 2, 4, 4)`` video latents in ``.frames``.
     """
     if family not in CALL_ARGUMENTS:
-        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+        raise ValueError(f"unknown family {family!r}; expected one of {tuple(CALL_ARGUMENTS)}")
     rng = torch.Generator().manual_seed(seed)
     return {"num_inference_steps": num_inference_steps, "generator": torch.Generator().manual_seed(seed),
             **CALL_ARGUMENTS[family](batch, rng, guidance_scale, seed)}

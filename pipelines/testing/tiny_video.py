@@ -136,3 +136,10 @@ def cogvideox_arguments(batch: int, rng: torch.Generator, scale: float, seed: in
 def animatediff_arguments(batch: int, rng: torch.Generator, scale: float, seed: int) -> dict[str, Any]:
     return image() | {"prompt_embeds": embeds(batch, rng), "negative_prompt_embeds": embeds(batch, rng),
                       "num_frames": 2, "guidance_scale": scale}
+
+
+# family → builder, and family → call arguments (merged into tiny.BUILDERS and tiny.CALL_ARGUMENTS)
+BUILDERS: dict[str, Any] = {"ltx": tiny_ltx, "hunyuanvideo": tiny_hunyuanvideo, "cogvideox": tiny_cogvideox,
+                            "animatediff": tiny_animatediff}
+CALL_ARGUMENTS: dict[str, Any] = {"ltx": ltx_arguments, "hunyuanvideo": hunyuanvideo_arguments,
+                                  "cogvideox": cogvideox_arguments, "animatediff": animatediff_arguments}
