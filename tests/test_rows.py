@@ -20,9 +20,9 @@ from guidance.pipelines.testing.tiny import FAMILIES, tiny_call_kwargs, tiny_pip
 from conftest import strip_scales
 
 B = 2
-SEPARATE_CALLS = ("flux", "wan", "qwenimage", "flux_kontext", "flux2_klein", "chroma", "lumina2")
 N = 5
-SEPARATE_CALLS = ("flux", "wan", "qwenimage", "hunyuanvideo")  # families whose CFG branches are separate calls
+# families whose pipelines run the prompt and the negative prompt as two denoiser calls (read from their code)
+SEPARATE_CALLS = ("flux", "wan", "qwenimage", "hunyuanvideo", "flux_kontext", "flux2_klein", "chroma", "lumina2")
 RECORD_KEYS = {"t", "sigma", "w", "cosine", "delta_norm", "branches", "reference_rows", "denoiser_rows"}
 
 
