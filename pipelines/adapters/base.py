@@ -36,6 +36,7 @@ class Adapter:
     """How guidance plugs into one pipeline family."""
 
     denoiser_attr: ClassVar[str] = "unet"
+    expert_attrs: ClassVar[tuple[str, ...]] = ()  # further denoisers a pipeline switches to within a run, if present
     calls_per_step: ClassVar[int] = 1  # denoiser calls of a step that carry the guidance branches
     embedding_fields: ClassVar[tuple[Path, ...]] = (("encoder_hidden_states",),)
     class_field: ClassVar[Path | None] = None
@@ -53,6 +54,17 @@ class Adapter:
     @property
     def denoiser(self) -> nn.Module:
         return getattr(self.pipe, self.denoiser_attr)
+
+    @property
+    def denoisers(self) -> list[nn.Module]:
+        """Every denoiser the pipeline may call in a run: the main one, then each expert present. The session routes
+        all of them; perturbations change the same layers in each."""
+        experts = (getattr(self.pipe, name, None) for name in self.expert_attrs)
+        return [self.denoiser, *(expert for expert in experts if expert is not None)]
+
+    def boundary(self) -> float | None:
+        """The timestep below which the pipeline switches to its second denoiser (schedule `experts`); None: one."""
+        return None
 
     # ---------------------------------------------------------------- the call protocol
 
@@ -84,7 +96,7 @@ class Adapter:
             raise GuidanceError(f"{method} has no default layers for {type(self.pipe).__name__}: give `layers`, "
                                 f"diffusers' pag_applied_layers ids of its self-attention (it sits in {places[0]}, "
                                 "…).")
-        return attention_layers(self.denoiser, chosen, method)
+        return [module for denoiser in self.denoisers for module in attention_layers(denoiser, chosen, method)]
 
     def blocks(self, layers: Sequence[int] | None, method: str) -> list[nn.Module]:
         """The main-list blocks `layers` indexes (None: the family's default)."""
@@ -96,7 +108,8 @@ class Adapter:
         if not chosen:
             raise GuidanceError(f"{method} has no default layers for {type(self.pipe).__name__}: give `layers`, "
                                 "block indices of its main block list.")
-        return indexed_blocks(self.denoiser, self.block_lists, chosen, method)
+        return [block for denoiser in self.denoisers
+                for block in indexed_blocks(denoiser, self.block_lists, chosen, method)]
 
     def block_passthrough(self, arguments: dict[str, Any]) -> Any:
         """A skipped block's output: its input (blocks of joint-attention families return both streams)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline
+from diffusers import AutoencoderKL, AutoencoderKLWan, DiffusionPipeline, WanTransformer3DModel
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import CLIPTextConfig, CLIPTokenizer
 
@@ -70,6 +70,20 @@ def small_vae(**overrides: Any) -> AutoencoderKL:
         sample_size=IMAGE_SIZE,
         **overrides,
     )
+
+
+def wan_vae() -> AutoencoderKLWan:
+    """The tiny Wan video VAE of diffusers' test suite (tests/pipelines/wan): 16 latent channels."""
+    return AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True])
+
+
+def wan_transformer(**overrides: Any) -> WanTransformer3DModel:
+    """The tiny Wan transformer of diffusers' test suite (tests/pipelines/wan); `overrides` change its config."""
+    config = {"patch_size": (1, 2, 2), "num_attention_heads": 2, "attention_head_dim": 12, "in_channels": 16,
+              "out_channels": 16, "text_dim": TEXT_DIM, "freq_dim": 256, "ffn_dim": 32, "num_layers": 2,
+              "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "rope_max_seq_len": 32}
+    return WanTransformer3DModel(**{**config, **overrides})
 
 
 def finish(pipe: DiffusionPipeline) -> DiffusionPipeline:

@@ -22,7 +22,6 @@ from typing import Any
 import torch
 from diffusers import (
     AutoencoderKLQwenImage,
-    AutoencoderKLWan,
     DDIMScheduler,
     DiffusionPipeline,
     DiTPipeline,
@@ -41,7 +40,6 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
     WanPipeline,
-    WanTransformer3DModel,
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -60,7 +58,10 @@ from .components import (
     small_vae,
     text_config,
     tiny_tokenizer,
+    wan_transformer,
+    wan_vae,
 )
+from .tiny_more import tiny_wan22
 
 # The UNet settings SD and SDXL share: two levels of widths 16 and 32 over the 8 x 8 latents.
 _TWO_LEVEL_UNET: dict[str, Any] = {"sample_size": LATENT_SIZE, "in_channels": 4, "out_channels": 4,
@@ -265,13 +266,7 @@ def tiny_wan(seed: int = 0) -> WanPipeline:
     """Tiny Wan 2.1 pipeline (video DiT on 5-D latents, flow matching) without text encoder: call it with embeddings.
     The configuration facts are diffusers' own test suite's (tests/pipelines/wan/test_wan.py)."""
     torch.manual_seed(seed)
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True])
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
-        text_dim=TEXT_DIM, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
-    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer,
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=wan_vae(), transformer=wan_transformer(),
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0))
     return finish(pipe)
 
@@ -301,6 +296,7 @@ BUILDERS: dict[str, Any] = {
     "pixart_sigma": partial(tiny_pixart, sigma=True),
     "dit": tiny_dit,
     "wan": tiny_wan,
+    "wan22": tiny_wan22,
     "qwenimage": tiny_qwenimage,
 }
 FAMILIES = tuple(BUILDERS)
@@ -373,6 +369,7 @@ CALL_ARGUMENTS: dict[str, Any] = {
     "pixart_sigma": _pixart_arguments,
     "dit": _class_arguments,
     "wan": _wan_arguments,
+    "wan22": _wan_arguments,
     "qwenimage": _qwenimage_arguments,
 }
 
