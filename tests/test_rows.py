@@ -21,6 +21,7 @@ from conftest import strip_scales
 
 B = 2
 N = 5
+SEPARATE_CALLS = ("flux", "wan", "wan22", "qwenimage")  # the prompt's call, then the negative prompt's
 RECORD_KEYS = {"t", "sigma", "w", "cosine", "delta_norm", "branches", "reference_rows", "denoiser_rows"}
 
 
@@ -84,7 +85,7 @@ def check_records(stats: dict, groups: list[list[int]], pipe) -> None:
 
 def expected_calls(family: str, cond: bool, ref: int) -> list[int]:
     """Hook call list of one step: `cond` = conditional rows run, `ref` = reference rows (of B)."""
-    if family in ("flux", "wan", "qwenimage"):  # separate calls: conditional, then the negative prompt's
+    if family in SEPARATE_CALLS:  # separate calls: conditional, then the negative prompt's
         return ([B] if cond else []) + ([ref] if ref else [])
     rows = (B if cond else 0) + ref
     return [rows] if rows else []
