@@ -103,7 +103,7 @@ class Session:
         self._correction: SamplerCorrection | None = None
         if self.guidance.rule.corrects_sampler:
             self._correction = correction_for(self._scheduler)
-        self._routes = [Route(d, "forward" if getattr(d, "_compiled_call_impl", None) is None else "_compiled_call_impl")
+        self._routes = [Route(d, "_compiled_call_impl" if getattr(d, "_compiled_call_impl", None) else "forward")
                         for d in self.adapter.denoisers]
         self._active = self._routes[0]  # the route of the denoiser call being served
         self._caches = sorted({cache for d in self.adapter.denoisers for cache in caches_on(d)})

@@ -9,6 +9,7 @@ import torch
 
 import guidance
 from guidance.pipelines.testing.tiny import tiny_call_kwargs, tiny_pipeline
+from guidance.pipelines.testing.tiny_more import tiny_wan_i2v
 
 from conftest import first_layer, output_tensor, strip_scales
 
@@ -35,15 +36,22 @@ def first_expert_steps(pipe) -> int:
     return int((pipe.scheduler.timesteps >= boundary).sum())
 
 
-def test_per_expert_scales_equal_native_guidance_scale_2() -> None:
-    pipe = tiny_pipeline("wan22")
-    expected = output_tensor(pipe(**kwargs(4.5), guidance_scale_2=2.0))
+@pytest.mark.parametrize("variant", ["text-to-video", "image-to-video"])
+def test_per_expert_scales_equal_native_guidance_scale_2(variant: str) -> None:
+    """Wan 2.2 T2V and I2V (two experts, no image encoder; boundary 0.875 and 0.9)."""
+    pipe, family = (tiny_pipeline("wan22"), "wan22") if variant == "text-to-video" else (
+        tiny_wan_i2v(two_experts=True), "wan_i2v")
+
+    def arguments() -> dict:  # fresh generators every call
+        return tiny_call_kwargs(family, batch=B, seed=1, num_inference_steps=N, guidance_scale=4.5)
+
+    expected = output_tensor(pipe(**arguments(), guidance_scale_2=2.0))
     first = first_expert_steps(pipe)
     assert 0 < first < N, "the tiny pipeline must run both experts"
-    same_scale = output_tensor(pipe(**kwargs(4.5)))
+    same_scale = output_tensor(pipe(**arguments()))
     stats: dict = {}
     spec = {"scale": 4.5, "schedule": {"name": "experts", "scale_2": 2.0}}
-    got = output_tensor(guidance.run(pipe, spec, stats=stats, **kwargs()))
+    got = output_tensor(guidance.run(pipe, spec, stats=stats, **strip_scales(arguments())))
     assert (got - expected).abs().max() <= 1e-5
     assert (got - same_scale).abs().max() > 1e-3, "scale_2 made no difference"
     assert [r["w"] for r in stats["steps"]] == [4.5] * first + [2.0] * (N - first)

@@ -36,13 +36,15 @@ def norm_rescale(cond: torch.Tensor, guided: torch.Tensor) -> torch.Tensor:
 class Facts:
     """protocol: "doubled" (one call on [uncond; cond], or [cond; uncond] with cond_first) or "separate" (a cond
     call, then a negative call); prediction: "epsilon", "v_prediction" or "flow" (x_t = (1 − σ)·x0 + σ·n, output
-    n − x0 at the scheduler's σ); channels: output channels that are the prediction (learned variance); after: the
-    pipeline's own change to the combined prediction."""
+    n − x0 at the scheduler's σ); channels: output channels that are the prediction (learned variance); inputs: the
+    leading input channels that are x_t (condition channels follow); after: the pipeline's own change to the
+    combined prediction."""
 
     protocol: str
     prediction: str
     cond_first: bool = False
     channels: int | None = None
+    inputs: int | None = None
     after: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
@@ -57,6 +59,7 @@ FACTS = {
     "dit": Facts("doubled", "epsilon", cond_first=True, channels=4),
     "wan": Facts("separate", "flow"),
     "wan22": Facts("separate", "flow"),
+    "wan_i2v": Facts("separate", "flow", inputs=16),  # noisy latents, then the frame mask and the encoded image
     "qwenimage": Facts("separate", "flow", after=norm_rescale),
 }
 
@@ -169,6 +172,8 @@ def test_apg_in_x0_space_matches_hand_formula(family: str) -> None:
             x = x.chunk(2)[0 if facts.cond_first else 1]
         if facts.channels:
             cond, uncond = cond[:, :facts.channels], uncond[:, :facts.channels]
+        if facts.inputs:
+            x = x[:, :facts.inputs]
         a, s = coefficients(pipe, facts, k, timestep)
         x0_c, x0_u = to_x0(facts, cond, x, a, s), to_x0(facts, uncond, x, a, s)
         expected = from_x0(facts, apg_by_hand(x0_c, x0_u), x, a, s)

@@ -49,7 +49,8 @@ def test_rescale_equals_native_guidance_rescale(family: str) -> None:
     assert (plain - expected).abs().max() > 1e-3  # the rescale did something
 
 
-@pytest.mark.parametrize("family", ["sd", "sd3", "sd35", "pixart", "dit", "flux", "wan", "wan22", "qwenimage"])
+@pytest.mark.parametrize("family", ["sd", "sd3", "sd35", "pixart", "dit", "flux", "wan", "wan22", "wan_i2v",
+                                    "qwenimage"])
 def test_apg_reduces_to_cfg(family: str) -> None:
     """APG with η = 1, r = ∞, β = 0 is CFG at the same w (computed on x̂0, so up to float32 rounding)."""
     pipe = tiny_pipeline(family)
@@ -60,7 +61,7 @@ def test_apg_reduces_to_cfg(family: str) -> None:
     assert torch.allclose(got, expected, atol=2e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("family", ["sd", "dit", "flux", "wan", "wan22", "qwenimage"])
+@pytest.mark.parametrize("family", ["sd", "dit", "flux", "wan", "wan22", "wan_i2v", "qwenimage"])
 def test_scale_one_is_conditional_only(family: str) -> None:
     """w = 1 returns D_c: the same as native sampling without guidance (guidance_scale 1 / no true CFG)."""
     pipe = tiny_pipeline(family)

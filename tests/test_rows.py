@@ -21,7 +21,7 @@ from conftest import strip_scales
 
 B = 2
 N = 5
-SEPARATE_CALLS = ("flux", "wan", "wan22", "qwenimage")  # the prompt's call, then the negative prompt's
+SEPARATE_CALLS = ("flux", "wan", "wan22", "wan_i2v", "qwenimage")  # the prompt's call, then the negative prompt's
 RECORD_KEYS = {"t", "sigma", "w", "cosine", "delta_norm", "branches", "reference_rows", "denoiser_rows"}
 
 

@@ -61,7 +61,7 @@ from .components import (
     wan_transformer,
     wan_vae,
 )
-from .tiny_more import tiny_wan22
+from .tiny_more import tiny_wan22, tiny_wan_i2v, wan_i2v_arguments
 
 # The UNet settings SD and SDXL share: two levels of widths 16 and 32 over the 8 x 8 latents.
 _TWO_LEVEL_UNET: dict[str, Any] = {"sample_size": LATENT_SIZE, "in_channels": 4, "out_channels": 4,
@@ -297,6 +297,7 @@ BUILDERS: dict[str, Any] = {
     "dit": tiny_dit,
     "wan": tiny_wan,
     "wan22": tiny_wan22,
+    "wan_i2v": tiny_wan_i2v,
     "qwenimage": tiny_qwenimage,
 }
 FAMILIES = tuple(BUILDERS)
@@ -370,6 +371,7 @@ CALL_ARGUMENTS: dict[str, Any] = {
     "dit": _class_arguments,
     "wan": _wan_arguments,
     "wan22": _wan_arguments,
+    "wan_i2v": wan_i2v_arguments,
     "qwenimage": _qwenimage_arguments,
 }
 

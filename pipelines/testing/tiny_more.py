@@ -4,10 +4,17 @@ without text encoders where the pipeline takes prompt embeddings."""
 
 from __future__ import annotations
 
-import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+from typing import Any
 
-from .components import finish, wan_transformer, wan_vae
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanPipeline
+from PIL import Image
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from .components import IMAGE_SIZE, TEXT_DIM, finish, image, wan_transformer, wan_vae
+
+IMAGE_EMBED_DIM = 4  # the image encoder's width in diffusers' Wan 2.1 I2V test
+WAN_TEXT_LEN = 512  # Wan's attention splits image from text context as "all but the last 512 tokens"
 
 
 def tiny_wan22(seed: int = 0) -> WanPipeline:
@@ -21,3 +28,32 @@ def tiny_wan22(seed: int = 0) -> WanPipeline:
                        boundary_ratio=0.875)
     return finish(pipe)
 
+
+
+def tiny_wan_i2v(seed: int = 0, two_experts: bool = False) -> WanImageToVideoPipeline:
+    """Tiny Wan 2.1 image-to-video pipeline (diffusers' tests/pipelines/wan/test_wan_image_to_video.py, its CLIP
+    image encoder at 8 x 8 pixels) without text encoder: call it with prompt embeddings. The transformer sees 36
+    channels (16 noisy latents, a 4-channel frame mask, the 16-channel encoded image) and predicts 16.
+    `two_experts`: Wan 2.2 I2V-A14B's layout instead (no image encoder, two experts, boundary_ratio 0.9)."""
+    torch.manual_seed(seed)
+    vae = wan_vae()
+    if two_experts:
+        experts = {"transformer": wan_transformer(in_channels=36), "transformer_2": wan_transformer(in_channels=36),
+                   "boundary_ratio": 0.9}
+    else:
+        vision = CLIPVisionConfig(hidden_size=IMAGE_EMBED_DIM, projection_dim=IMAGE_EMBED_DIM, num_hidden_layers=2,
+                                  num_attention_heads=2, image_size=8, intermediate_size=16, patch_size=1)
+        experts = {"transformer": wan_transformer(in_channels=36, image_dim=IMAGE_EMBED_DIM),
+                   "image_encoder": CLIPVisionModelWithProjection(vision),
+                   "image_processor": CLIPImageProcessor(crop_size=8, size=8)}
+    pipe = WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=vae,
+                                   scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), **experts)
+    return finish(pipe)
+
+
+def wan_i2v_arguments(batch: int, rng: torch.Generator, scale: float, seed: int) -> dict[str, Any]:
+    """A random first frame and prompt embeddings of the 512 tokens Wan's image cross-attention assumes."""
+    pixels = (torch.rand(IMAGE_SIZE, IMAGE_SIZE, 3, generator=rng) * 255).to(torch.uint8).numpy()
+    text = {key: torch.randn(batch, WAN_TEXT_LEN, TEXT_DIM, generator=rng)
+            for key in ("prompt_embeds", "negative_prompt_embeds")}
+    return image() | text | {"image": Image.fromarray(pixels), "num_frames": 5, "guidance_scale": scale}
