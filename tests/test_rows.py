@@ -122,7 +122,7 @@ def noise_to_signal(scheduler) -> list[float]:
     """σ_i = s/a of each step of the scheduler's current run, by hand (docs/CONVENTIONS.md §3)."""
     n = len(scheduler.timesteps)
     name = type(scheduler).__name__
-    if "FlowMatch" in name:
+    if "FlowMatch" in name or scheduler.config.get("use_flow_sigmas"):
         sigma = scheduler.sigmas[:n].double()
         return (sigma / (1.0 - sigma)).tolist()  # σ = 1 gives inf
     if getattr(scheduler, "sigmas", None) is not None and name != "DDIMScheduler":

@@ -16,6 +16,7 @@ import pytest
 import torch
 from diffusers import (
     PixArtSigmaPAGPipeline,
+    SanaPAGPipeline,
     StableDiffusion3PAGPipeline,
     StableDiffusionPAGPipeline,
     StableDiffusionXLPAGPipeline,
@@ -33,7 +34,8 @@ from reference_loops import ddim_guided, sd_call, sd_inputs
 
 PAG_PIPELINES = {"sd": (StableDiffusionPAGPipeline, ["mid"]), "sdxl": (StableDiffusionXLPAGPipeline, ["mid"]),
                  "sd3": (StableDiffusion3PAGPipeline, ["blocks.1"]),
-                 "pixart_sigma": (PixArtSigmaPAGPipeline, ["blocks.1"])}
+                 "pixart_sigma": (PixArtSigmaPAGPipeline, ["blocks.1"]),
+                 "sana": (SanaPAGPipeline, ["transformer_blocks.0"])}
 
 
 def pag_pipeline(family: str):
@@ -317,7 +319,7 @@ def test_nested_perturbations_cut_their_own_rows() -> None:
 
 
 @pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "sd35", "flux", "pixart", "pixart_sigma", "dit", "wan",
-                                    "wan22", "wan_i2v", "qwenimage"])
+                                    "wan22", "wan_i2v", "qwenimage", "sana"])
 @pytest.mark.parametrize("reference", ["pag", "seg", "slg", "stg"])
 def test_every_family_has_defaults_or_a_clear_refusal(family: str, reference: str) -> None:
     """Each perturbed reference with its family default runs (finite, different from CFG alone) or is refused with a

@@ -12,13 +12,15 @@ from .dit import DiTAdapter
 from .flux import FluxAdapter
 from .pixart import PixArtAdapter
 from .qwenimage import QwenImageAdapter
+from .sana import SanaAdapter
 from .sd3 import SD3Adapter
 from .unet import ClassConditionalAdapter, SDXLAdapter, UNetAdapter
 from .wan import WanAdapter
 
 SUPPORTED = ("StableDiffusionPipeline (1.x/2.x)", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline",
              "FluxPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline", "DiTPipeline",
-             "WanPipeline (Wan 2.1: one expert)", "QwenImagePipeline",
+             "WanPipeline and WanImageToVideoPipeline (Wan 2.1; Wan 2.2 with both experts)", "QwenImagePipeline",
+             "SanaPipeline",
              "guidance.pipelines.ClassConditionalPipeline (the digits model, the analytic mixture)",
              "other class-conditional UNet2DModel pipelines that call unet(x, t, class_labels=...) on a [null; cond] "
              "batch")
@@ -26,7 +28,8 @@ SUPPORTED = ("StableDiffusionPipeline (1.x/2.x)", "StableDiffusionXLPipeline", "
 # The transformer families: denoiser class → adapter (a new family is one adapter file and one line here).
 _BY_TRANSFORMER = {"FluxTransformer2DModel": FluxAdapter, "SD3Transformer2DModel": SD3Adapter,
                    "PixArtTransformer2DModel": PixArtAdapter, "DiTTransformer2DModel": DiTAdapter,
-                   "WanTransformer3DModel": WanAdapter, "QwenImageTransformer2DModel": QwenImageAdapter}
+                   "WanTransformer3DModel": WanAdapter, "QwenImageTransformer2DModel": QwenImageAdapter,
+                   "SanaTransformer2DModel": SanaAdapter}
 
 
 def adapter_for(pipe: Any) -> Adapter:

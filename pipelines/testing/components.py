@@ -101,3 +101,16 @@ def image(size: int = IMAGE_SIZE) -> dict[str, Any]:
 
 def embeds(batch: int, rng: torch.Generator) -> torch.Tensor:
     return torch.randn(batch, TEXT_SEQ_LEN, TEXT_DIM, generator=rng)
+
+
+def masked_embedding_arguments(batch: int, rng: torch.Generator, scale: float, seed: int,
+                               size: int = IMAGE_SIZE) -> dict[str, Any]:
+    """Call arguments of the T5-style pipelines (PixArt, Sana): prompt and negative embeddings with attention masks."""
+    mask = torch.ones(batch, TEXT_SEQ_LEN, dtype=torch.long)
+    mask[:, TEXT_SEQ_LEN // 2 :] = 0  # padded tail, as a real T5 prompt would have
+    return image(size) | {
+        "prompt_embeds": embeds(batch, rng), "prompt_attention_mask": mask,
+        "negative_prompt": None,  # the default "" would clash with negative_prompt_embeds
+        "negative_prompt_embeds": embeds(batch, rng), "negative_prompt_attention_mask": mask.clone(),
+        "guidance_scale": scale, "use_resolution_binning": False,
+    }

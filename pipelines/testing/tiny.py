@@ -55,13 +55,14 @@ from .components import (
     embeds,
     finish,
     image,
+    masked_embedding_arguments,
     small_vae,
     text_config,
     tiny_tokenizer,
     wan_transformer,
     wan_vae,
 )
-from .tiny_more import tiny_wan22, tiny_wan_i2v, wan_i2v_arguments
+from .tiny_more import tiny_sana, tiny_wan22, tiny_wan_i2v, wan_i2v_arguments
 
 # The UNet settings SD and SDXL share: two levels of widths 16 and 32 over the 8 x 8 latents.
 _TWO_LEVEL_UNET: dict[str, Any] = {"sample_size": LATENT_SIZE, "in_channels": 4, "out_channels": 4,
@@ -298,6 +299,7 @@ BUILDERS: dict[str, Any] = {
     "wan": tiny_wan,
     "wan22": tiny_wan22,
     "wan_i2v": tiny_wan_i2v,
+    "sana": tiny_sana,
     "qwenimage": tiny_qwenimage,
 }
 FAMILIES = tuple(BUILDERS)
@@ -318,17 +320,6 @@ def _class_arguments(batch: int, rng: torch.Generator, scale: float, seed: int) 
 def _prompt_arguments(batch: int, rng: torch.Generator, scale: float, seed: int) -> dict[str, Any]:
     prompts = [PROMPT_WORDS[(seed + i) % len(PROMPT_WORDS)] for i in range(batch)]
     return image() | {"prompt": prompts, "negative_prompt": ["blurry"] * batch, "guidance_scale": scale}
-
-
-def _pixart_arguments(batch: int, rng: torch.Generator, scale: float, seed: int) -> dict[str, Any]:
-    mask = torch.ones(batch, TEXT_SEQ_LEN, dtype=torch.long)
-    mask[:, TEXT_SEQ_LEN // 2 :] = 0  # padded tail, as a real T5 prompt would have
-    return image() | {
-        "prompt_embeds": embeds(batch, rng), "prompt_attention_mask": mask,
-        "negative_prompt": None,  # the default "" would clash with negative_prompt_embeds
-        "negative_prompt_embeds": embeds(batch, rng), "negative_prompt_attention_mask": mask.clone(),
-        "guidance_scale": scale, "use_resolution_binning": False,
-    }
 
 
 def _pooled_arguments(batch: int, rng: torch.Generator, scale: float, seed: int) -> dict[str, Any]:
@@ -366,12 +357,13 @@ CALL_ARGUMENTS: dict[str, Any] = {
     "sd3": _pooled_arguments,
     "sd35": _pooled_arguments,
     "flux": _flux_arguments,
-    "pixart": _pixart_arguments,
-    "pixart_sigma": _pixart_arguments,
+    "pixart": masked_embedding_arguments,
+    "pixart_sigma": masked_embedding_arguments,
     "dit": _class_arguments,
     "wan": _wan_arguments,
     "wan22": _wan_arguments,
     "wan_i2v": wan_i2v_arguments,
+    "sana": partial(masked_embedding_arguments, size=2 * IMAGE_SIZE),  # Sana needs multiples of 32
     "qwenimage": _qwenimage_arguments,
 }
 

@@ -7,11 +7,18 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanPipeline
+from diffusers import (
+    AutoencoderDC,
+    FlowMatchEulerDiscreteScheduler,
+    SanaPipeline,
+    SanaTransformer2DModel,
+    WanImageToVideoPipeline,
+    WanPipeline,
+)
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from .components import IMAGE_SIZE, TEXT_DIM, finish, image, wan_transformer, wan_vae
+from .components import IMAGE_SIZE, LATENT_SIZE, TEXT_DIM, finish, image, wan_transformer, wan_vae
 
 IMAGE_EMBED_DIM = 4  # the image encoder's width in diffusers' Wan 2.1 I2V test
 WAN_TEXT_LEN = 512  # Wan's attention splits image from text context as "all but the last 512 tokens"
@@ -57,3 +64,24 @@ def wan_i2v_arguments(batch: int, rng: torch.Generator, scale: float, seed: int)
     text = {key: torch.randn(batch, WAN_TEXT_LEN, TEXT_DIM, generator=rng)
             for key in ("prompt_embeds", "negative_prompt_embeds")}
     return image() | text | {"image": Image.fromarray(pixels), "num_frames": 5, "guidance_scale": scale}
+
+
+def tiny_sana(seed: int = 0) -> SanaPipeline:
+    """Tiny Sana pipeline (diffusers' tests/pipelines/sana/test_sana.py, two blocks, flow-matching Euler at shift 7)
+    without text encoder: call it with embeddings and masks. The checkpoints ship DPM-Solver++ on flow sigmas
+    instead; tests/test_more_families.py runs Sana with that one too."""
+    torch.manual_seed(seed)
+    transformer = SanaTransformer2DModel(
+        patch_size=1, in_channels=4, out_channels=4, num_layers=2, num_attention_heads=2, attention_head_dim=4,
+        num_cross_attention_heads=2, cross_attention_head_dim=4, cross_attention_dim=8, caption_channels=TEXT_DIM,
+        sample_size=LATENT_SIZE)
+    vae = AutoencoderDC(
+        in_channels=3, latent_channels=4, attention_head_dim=2, encoder_block_types=("ResBlock", "EfficientViTBlock"),
+        decoder_block_types=("ResBlock", "EfficientViTBlock"), encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8), encoder_qkv_multiscales=((), (5,)), decoder_qkv_multiscales=((), (5,)),
+        encoder_layers_per_block=(1, 1), decoder_layers_per_block=[1, 1], downsample_block_type="conv",
+        upsample_block_type="interpolate", decoder_norm_types="rms_norm", decoder_act_fns="silu",
+        scaling_factor=0.41407)
+    return finish(SanaPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer,
+                               scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0)))
+
