@@ -61,6 +61,7 @@ FACTS = {
     "wan22": Facts("separate", "flow"),
     "wan_i2v": Facts("separate", "flow", inputs=16),  # noisy latents, then the frame mask and the encoded image
     "sana": Facts("doubled", "flow"),
+    "kolors": Facts("doubled", "epsilon"),
     "qwenimage": Facts("separate", "flow", after=norm_rescale),
 }
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import (
+    KolorsPAGPipeline,
     PixArtSigmaPAGPipeline,
     SanaPAGPipeline,
     StableDiffusion3PAGPipeline,
@@ -35,7 +36,7 @@ from reference_loops import ddim_guided, sd_call, sd_inputs
 PAG_PIPELINES = {"sd": (StableDiffusionPAGPipeline, ["mid"]), "sdxl": (StableDiffusionXLPAGPipeline, ["mid"]),
                  "sd3": (StableDiffusion3PAGPipeline, ["blocks.1"]),
                  "pixart_sigma": (PixArtSigmaPAGPipeline, ["blocks.1"]),
-                 "sana": (SanaPAGPipeline, ["transformer_blocks.0"])}
+                 "sana": (SanaPAGPipeline, ["transformer_blocks.0"]), "kolors": (KolorsPAGPipeline, ["mid"])}
 
 
 def pag_pipeline(family: str):
@@ -319,7 +320,7 @@ def test_nested_perturbations_cut_their_own_rows() -> None:
 
 
 @pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "sd35", "flux", "pixart", "pixart_sigma", "dit", "wan",
-                                    "wan22", "wan_i2v", "qwenimage", "sana"])
+                                    "wan22", "wan_i2v", "qwenimage", "sana", "kolors"])
 @pytest.mark.parametrize("reference", ["pag", "seg", "slg", "stg"])
 def test_every_family_has_defaults_or_a_clear_refusal(family: str, reference: str) -> None:
     """Each perturbed reference with its family default runs (finite, different from CFG alone) or is refused with a

@@ -17,8 +17,8 @@ from .sd3 import SD3Adapter
 from .unet import ClassConditionalAdapter, SDXLAdapter, UNetAdapter
 from .wan import WanAdapter
 
-SUPPORTED = ("StableDiffusionPipeline (1.x/2.x)", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline",
-             "FluxPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline", "DiTPipeline",
+SUPPORTED = ("StableDiffusionPipeline (1.x/2.x)", "StableDiffusionXLPipeline", "KolorsPipeline",
+             "StableDiffusion3Pipeline", "FluxPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline", "DiTPipeline",
              "WanPipeline and WanImageToVideoPipeline (Wan 2.1; Wan 2.2 with both experts)", "QwenImagePipeline",
              "SanaPipeline",
              "guidance.pipelines.ClassConditionalPipeline (the digits model, the analytic mixture)",

@@ -62,7 +62,7 @@ from .components import (
     wan_transformer,
     wan_vae,
 )
-from .tiny_more import tiny_sana, tiny_wan22, tiny_wan_i2v, wan_i2v_arguments
+from .tiny_more import tiny_kolors, tiny_sana, tiny_wan22, tiny_wan_i2v, wan_i2v_arguments
 
 # The UNet settings SD and SDXL share: two levels of widths 16 and 32 over the 8 x 8 latents.
 _TWO_LEVEL_UNET: dict[str, Any] = {"sample_size": LATENT_SIZE, "in_channels": 4, "out_channels": 4,
@@ -300,6 +300,7 @@ BUILDERS: dict[str, Any] = {
     "wan22": tiny_wan22,
     "wan_i2v": tiny_wan_i2v,
     "sana": tiny_sana,
+    "kolors": tiny_kolors,
     "qwenimage": tiny_qwenimage,
 }
 FAMILIES = tuple(BUILDERS)
@@ -364,6 +365,7 @@ CALL_ARGUMENTS: dict[str, Any] = {
     "wan22": _wan_arguments,
     "wan_i2v": wan_i2v_arguments,
     "sana": partial(masked_embedding_arguments, size=2 * IMAGE_SIZE),  # Sana needs multiples of 32
+    "kolors": _pooled_arguments,
     "qwenimage": _qwenimage_arguments,
 }
 

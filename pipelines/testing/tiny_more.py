@@ -9,16 +9,19 @@ from typing import Any
 import torch
 from diffusers import (
     AutoencoderDC,
+    EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
+    KolorsPipeline,
     SanaPipeline,
     SanaTransformer2DModel,
+    UNet2DConditionModel,
     WanImageToVideoPipeline,
     WanPipeline,
 )
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from .components import IMAGE_SIZE, LATENT_SIZE, TEXT_DIM, finish, image, wan_transformer, wan_vae
+from .components import IMAGE_SIZE, LATENT_SIZE, TEXT_DIM, finish, image, small_vae, wan_transformer, wan_vae
 
 IMAGE_EMBED_DIM = 4  # the image encoder's width in diffusers' Wan 2.1 I2V test
 WAN_TEXT_LEN = 512  # Wan's attention splits image from text context as "all but the last 512 tokens"
@@ -85,3 +88,20 @@ def tiny_sana(seed: int = 0) -> SanaPipeline:
     return finish(SanaPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer,
                                scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0)))
 
+
+
+def tiny_kolors(seed: int = 0) -> KolorsPipeline:
+    """Tiny Kolors pipeline (diffusers' tests/pipelines/kolors/test_kolors.py UNet and Euler scheduler) without its
+    ChatGLM text encoder: call it with prompt and pooled embeddings. As in Kolors' checkpoint the UNet projects the
+    text states first (`encoder_hid_dim_type` text_proj, here 32 → 8)."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(2, 4), layers_per_block=2, sample_size=LATENT_SIZE, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * 8 + TEXT_DIM, cross_attention_dim=8, norm_num_groups=1,
+        encoder_hid_dim_type="text_proj", encoder_hid_dim=TEXT_DIM)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, steps_offset=1,
+                                       beta_schedule="scaled_linear", timestep_spacing="leading")
+    return finish(KolorsPipeline(vae=small_vae(), text_encoder=None, tokenizer=None, unet=unet, scheduler=scheduler))
