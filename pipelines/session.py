@@ -225,7 +225,7 @@ class Session:
             raise GuidanceError("The pipeline's scheduler was replaced while guidance was attached. Set the "
                                 "scheduler first, then attach (or call guidance.run).")
         self._active = route
-        call = DenoiserCall.bind(route.signature, args, kwargs, self.adapter.skip_keys)
+        call = DenoiserCall.bind(route.signature, args, kwargs, self.adapter.skip_keys, self.adapter.batch_dims)
         run = self.current_run
         if run is None or (run.step is not None and run.step >= len(run.table)):
             return self.evaluate(call)
@@ -240,7 +240,7 @@ class Session:
     def _locate(self, call: DenoiserCall) -> None:
         """First denoiser call of a run: find the step (img2img starts late) and reset batch-sized state."""
         run = self.current_run
-        t = float(call.get(("timestep",)).flatten()[0]) * self.adapter.timestep_scale
+        t = float(call.get(self.adapter.timestep_field).flatten()[0]) * self.adapter.timestep_scale
         run.step = min(range(len(run.table)), key=lambda k: abs(run.table.timesteps[k] - t))
         run.batch_size, run.rows_before = self.adapter.batch_size(call), self._rows
         self.guidance.policy.reset(run.batch_size, run.table)

@@ -37,14 +37,15 @@ class Facts:
     """protocol: "doubled" (one call on [uncond; cond], or [cond; uncond] with cond_first) or "separate" (a cond
     call, then a negative call); prediction: "epsilon", "v_prediction" or "flow" (x_t = (1 − σ)·x0 + σ·n, output
     n − x0 at the scheduler's σ); channels: output channels that are the prediction (learned variance); inputs: the
-    leading input channels that are x_t (condition channels follow); after: the pipeline's own change to the
-    combined prediction."""
+    leading input channels that are x_t (condition channels follow); negated: the pipeline negates the denoiser's
+    output before combining; after: the pipeline's own change to the combined prediction."""
 
     protocol: str
     prediction: str
     cond_first: bool = False
     channels: int | None = None
     inputs: int | None = None
+    negated: bool = False
     after: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
@@ -62,6 +63,7 @@ FACTS = {
     "wan_i2v": Facts("separate", "flow", inputs=16),  # noisy latents, then the frame mask and the encoded image
     "sana": Facts("doubled", "flow"),
     "kolors": Facts("doubled", "epsilon"),
+    "hidream": Facts("doubled", "flow", negated=True),
     "qwenimage": Facts("separate", "flow", after=norm_rescale),
 }
 
@@ -174,6 +176,8 @@ def test_apg_in_x0_space_matches_hand_formula(family: str) -> None:
             x = x.chunk(2)[0 if facts.cond_first else 1]
         if facts.channels:
             cond, uncond = cond[:, :facts.channels], uncond[:, :facts.channels]
+        if facts.negated:
+            cond, uncond = -cond, -uncond
         if facts.inputs:
             x = x[:, :facts.inputs]
         a, s = coefficients(pipe, facts, k, timestep)

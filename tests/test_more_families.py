@@ -4,6 +4,7 @@ sigmas), HiDream's negated output, Kolors' ChatGLM-sized embeddings."""
 from __future__ import annotations
 
 import pytest
+import torch
 from diffusers import DPMSolverMultistepScheduler
 
 import guidance
@@ -36,3 +37,37 @@ def test_sana_cfgpp_on_dpm_solver_flow_is_refused() -> None:
     with pytest.raises(guidance.GuidanceError, match="flow_prediction"):
         guidance.run(pipe, {"rule": "cfgpp", "scale": 0.6}, **strip_scales(tiny_call_kwargs("sana", batch=1)))
 
+
+
+def test_hidream_refuses_attention_perturbations() -> None:
+    pipe = tiny_pipeline("hidream")
+    for reference in ({"name": "pag", "layers": ["double_stream_blocks.0"]}, {"name": "seg", "layers": ["blocks.0"]}):
+        with pytest.raises(guidance.GuidanceError, match="Use slg or stg"):
+            guidance.run(pipe, {"scale": 3.0, "terms": [{"reference": reference, "scale": 1.0}]},
+                         **strip_scales(tiny_call_kwargs("hidream", batch=1)))
+
+
+def test_hidream_icg_redraws_every_condition_per_sample() -> None:
+    """ICG's gaussian conditions on HiDream: the T5, pooled and layer-first Llama-3 states of the reference rows are
+    all replaced (the Llama-3 states cut along their batch dimension, 1), the conditional rows kept. Seen at the
+    inputs of the transformer's caption projections (Llama-3 layer 0, T5) and pooled embedder."""
+    pipe = tiny_pipeline("hidream")
+    transformer = pipe.transformer
+    modules = {"llama": transformer.caption_projection[0], "t5": transformer.caption_projection[-1],
+               "pooled": transformer.p_embedder}
+    seen: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
+    handles = [module.register_forward_pre_hook(lambda m, a, name=name: seen[name].append(a[0]))
+               for name, module in modules.items()]
+    kwargs = strip_scales(tiny_call_kwargs("hidream", batch=2, seed=1, num_inference_steps=2))
+    guidance.run(pipe, {"scale": 3.0, "reference": "icg"}, **kwargs)
+    for handle in handles:
+        handle.remove()
+    given = tiny_call_kwargs("hidream", batch=2, seed=1, num_inference_steps=2)
+    conditions = {"llama": given["prompt_embeds_llama3"][0], "t5": given["prompt_embeds_t5"],
+                  "pooled": given["pooled_prompt_embeds"]}
+    for name, inputs in seen.items():
+        assert len(inputs) == 2, f"{name}: one call per step"
+        for rows in inputs:
+            assert rows.shape[0] == 4  # conditional rows, then reference rows
+            assert torch.equal(rows[:2], conditions[name]), f"{name}: the conditional rows changed"
+            assert not torch.isclose(rows[2:], conditions[name]).any(), f"{name}: a reference row kept its condition"

@@ -50,7 +50,7 @@ def test_rescale_equals_native_guidance_rescale(family: str) -> None:
 
 
 @pytest.mark.parametrize("family", ["sd", "sd3", "sd35", "pixart", "dit", "flux", "wan", "wan22", "wan_i2v",
-                                    "qwenimage", "sana"])
+                                    "qwenimage", "sana", "hidream"])
 def test_apg_reduces_to_cfg(family: str) -> None:
     """APG with η = 1, r = ∞, β = 0 is CFG at the same w (computed on x̂0, so up to float32 rounding)."""
     pipe = tiny_pipeline(family)

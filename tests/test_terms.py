@@ -320,7 +320,8 @@ def test_nested_perturbations_cut_their_own_rows() -> None:
 
 
 @pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "sd35", "flux", "pixart", "pixart_sigma", "dit", "wan",
-                                    "wan22", "wan_i2v", "qwenimage", "sana", "kolors"])
+                                    "wan22", "wan_i2v", "qwenimage", "sana", "kolors",
+                                    "hidream"])
 @pytest.mark.parametrize("reference", ["pag", "seg", "slg", "stg"])
 def test_every_family_has_defaults_or_a_clear_refusal(family: str, reference: str) -> None:
     """Each perturbed reference with its family default runs (finite, different from CFG alone) or is refused with a

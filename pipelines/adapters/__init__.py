@@ -10,6 +10,7 @@ from ..class_conditional import ClassConditionalPipeline
 from .base import Adapter
 from .dit import DiTAdapter
 from .flux import FluxAdapter
+from .hidream import HiDreamAdapter
 from .pixart import PixArtAdapter
 from .qwenimage import QwenImageAdapter
 from .sana import SanaAdapter
@@ -20,7 +21,7 @@ from .wan import WanAdapter
 SUPPORTED = ("StableDiffusionPipeline (1.x/2.x)", "StableDiffusionXLPipeline", "KolorsPipeline",
              "StableDiffusion3Pipeline", "FluxPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline", "DiTPipeline",
              "WanPipeline and WanImageToVideoPipeline (Wan 2.1; Wan 2.2 with both experts)", "QwenImagePipeline",
-             "SanaPipeline",
+             "SanaPipeline", "HiDreamImagePipeline",
              "guidance.pipelines.ClassConditionalPipeline (the digits model, the analytic mixture)",
              "other class-conditional UNet2DModel pipelines that call unet(x, t, class_labels=...) on a [null; cond] "
              "batch")
@@ -29,7 +30,7 @@ SUPPORTED = ("StableDiffusionPipeline (1.x/2.x)", "StableDiffusionXLPipeline", "
 _BY_TRANSFORMER = {"FluxTransformer2DModel": FluxAdapter, "SD3Transformer2DModel": SD3Adapter,
                    "PixArtTransformer2DModel": PixArtAdapter, "DiTTransformer2DModel": DiTAdapter,
                    "WanTransformer3DModel": WanAdapter, "QwenImageTransformer2DModel": QwenImageAdapter,
-                   "SanaTransformer2DModel": SanaAdapter}
+                   "SanaTransformer2DModel": SanaAdapter, "HiDreamImageTransformer2DModel": HiDreamAdapter}
 
 
 def adapter_for(pipe: Any) -> Adapter:

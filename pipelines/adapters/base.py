@@ -6,7 +6,8 @@ its call protocol: `DoubledBatchAdapter` (adapters/doubled.py) or `SeparateCalls
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -41,6 +42,8 @@ class Adapter:
     embedding_fields: ClassVar[tuple[Path, ...]] = (("encoder_hidden_states",),)
     class_field: ClassVar[Path | None] = None
     skip_keys: ClassVar[frozenset[str]] = frozenset()
+    batch_dims: ClassVar[Mapping[str, int]] = MappingProxyType({})  # arguments whose batch is not dim 0, by name
+    timestep_field: ClassVar[Path] = ("timestep",)  # the denoiser's timestep argument
     timestep_scale: ClassVar[float] = 1.0  # denoiser timestep argument × this = the scheduler's timestep
     pag_layers: ClassVar[tuple[str, ...]] = ()  # default `layers` of pag and seg: diffusers' PAG default, or ours
     block_lists: ClassVar[tuple[str, ...]] = ()  # the denoiser's main block list(s), for slg and stg

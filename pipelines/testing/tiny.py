@@ -62,7 +62,15 @@ from .components import (
     wan_transformer,
     wan_vae,
 )
-from .tiny_more import tiny_kolors, tiny_sana, tiny_wan22, tiny_wan_i2v, wan_i2v_arguments
+from .tiny_more import (
+    hidream_arguments,
+    tiny_hidream,
+    tiny_kolors,
+    tiny_sana,
+    tiny_wan22,
+    tiny_wan_i2v,
+    wan_i2v_arguments,
+)
 
 # The UNet settings SD and SDXL share: two levels of widths 16 and 32 over the 8 x 8 latents.
 _TWO_LEVEL_UNET: dict[str, Any] = {"sample_size": LATENT_SIZE, "in_channels": 4, "out_channels": 4,
@@ -301,6 +309,7 @@ BUILDERS: dict[str, Any] = {
     "wan_i2v": tiny_wan_i2v,
     "sana": tiny_sana,
     "kolors": tiny_kolors,
+    "hidream": tiny_hidream,
     "qwenimage": tiny_qwenimage,
 }
 FAMILIES = tuple(BUILDERS)
@@ -366,6 +375,7 @@ CALL_ARGUMENTS: dict[str, Any] = {
     "wan_i2v": wan_i2v_arguments,
     "sana": partial(masked_embedding_arguments, size=2 * IMAGE_SIZE),  # Sana needs multiples of 32
     "kolors": _pooled_arguments,
+    "hidream": hidream_arguments,
     "qwenimage": _qwenimage_arguments,
 }
 

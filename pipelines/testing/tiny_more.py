@@ -11,6 +11,8 @@ from diffusers import (
     AutoencoderDC,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
+    HiDreamImagePipeline,
+    HiDreamImageTransformer2DModel,
     KolorsPipeline,
     SanaPipeline,
     SanaTransformer2DModel,
@@ -21,9 +23,21 @@ from diffusers import (
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from .components import IMAGE_SIZE, LATENT_SIZE, TEXT_DIM, finish, image, small_vae, wan_transformer, wan_vae
+from .components import (
+    IMAGE_SIZE,
+    LATENT_SIZE,
+    TEXT_DIM,
+    TEXT_SEQ_LEN,
+    embeds,
+    finish,
+    image,
+    small_vae,
+    wan_transformer,
+    wan_vae,
+)
 
 IMAGE_EMBED_DIM = 4  # the image encoder's width in diffusers' Wan 2.1 I2V test
+HIDREAM_LLAMA_DIM = 16  # the Llama-3 states' width in diffusers' HiDream test
 WAN_TEXT_LEN = 512  # Wan's attention splits image from text context as "all but the last 512 tokens"
 
 
@@ -105,3 +119,34 @@ def tiny_kolors(seed: int = 0) -> KolorsPipeline:
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, steps_offset=1,
                                        beta_schedule="scaled_linear", timestep_spacing="leading")
     return finish(KolorsPipeline(vae=small_vae(), text_encoder=None, tokenizer=None, unet=unet, scheduler=scheduler))
+
+
+def tiny_hidream(seed: int = 0) -> HiDreamImagePipeline:
+    """Tiny HiDream-I1 pipeline (diffusers' tests/pipelines/hidream_image/test_pipeline_hidream.py transformer: one
+    double- and one single-stream block, 4 routed experts; flow-matching Euler at HiDream-I1-Full's shift 3) without
+    its four text encoders: call it with T5, Llama-3 and pooled embeddings."""
+    torch.manual_seed(seed)
+    transformer = HiDreamImageTransformer2DModel(
+        patch_size=2, in_channels=4, out_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=8,
+        num_attention_heads=4, caption_channels=[TEXT_DIM, HIDREAM_LLAMA_DIM], text_emb_dim=2 * TEXT_DIM,
+        num_routed_experts=4, num_activated_experts=2, axes_dims_rope=(4, 2, 2), max_resolution=(32, 32),
+        llama_layers=(0, 1))
+    pipe = HiDreamImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=small_vae(shift_factor=0.0), text_encoder=None,
+        tokenizer=None, text_encoder_2=None, tokenizer_2=None, text_encoder_3=None, tokenizer_3=None,
+        text_encoder_4=None, tokenizer_4=None, transformer=transformer)
+    pipe.default_sample_size = LATENT_SIZE  # the pipeline rescales every request to this area (128² latents)
+    return finish(pipe)
+
+
+def hidream_arguments(batch: int, rng: torch.Generator, scale: float, seed: int) -> dict[str, Any]:
+    """T5 states, two stacked Llama-3 layers (layer first) and two CLIP pooled embeddings, with negatives."""
+
+    def llama() -> torch.Tensor:
+        return torch.randn(2, batch, TEXT_SEQ_LEN, HIDREAM_LLAMA_DIM, generator=rng)
+
+    return image() | {
+        "prompt_embeds_t5": embeds(batch, rng), "negative_prompt_embeds_t5": embeds(batch, rng),
+        "prompt_embeds_llama3": llama(), "negative_prompt_embeds_llama3": llama(),
+        "pooled_prompt_embeds": torch.randn(batch, 2 * TEXT_DIM, generator=rng),
+        "negative_pooled_prompt_embeds": torch.randn(batch, 2 * TEXT_DIM, generator=rng), "guidance_scale": scale}
