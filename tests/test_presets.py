@@ -19,7 +19,8 @@ from conftest import output_tensor, strip_scales
 PRESETS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 FAMILIES = {"stabilityai/stable-diffusion-xl-base-1.0": "sdxl", "stabilityai/stable-diffusion-2-1": "sd",
             "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd", "facebook/DiT-XL-2-256": "dit",
-            "stabilityai/stable-diffusion-3-medium-diffusers": "sd3", "stabilityai/stable-diffusion-3.5-medium": "sd35"}
+            "stabilityai/stable-diffusion-3-medium-diffusers": "sd3", "stabilityai/stable-diffusion-3.5-medium": "sd35",
+            "Wan-AI/Wan2.2-T2V-A14B-Diffusers": "wan22"}
 
 
 def test_presets_cover_the_methods_and_families() -> None:
@@ -30,10 +31,10 @@ def test_presets_cover_the_methods_and_families() -> None:
 
 def on_tiny_blocks(spec: guidance.Guidance, pipe) -> dict:
     """The spec with block indices beyond the tiny transformer's (SD3.5's 7–9 of 24) moved to its last block."""
-    last = len(pipe.transformer.transformer_blocks) - 1 if hasattr(pipe, "transformer") else 0
     data = spec.to_spec()
     for term in data.get("terms", []):
         if term["reference"]["name"] in ("slg", "stg") and term["reference"].get("layers"):
+            last = len(pipe.transformer.transformer_blocks) - 1
             term["reference"]["layers"] = [min(layer, last) for layer in term["reference"]["layers"]]
     return data
 
