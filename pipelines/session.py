@@ -53,7 +53,7 @@ class Route:
     a module compiled in place), the original there, the session's wrapper, and the forward's signature."""
 
     denoiser: Any
-    entry: str
+    entry: str = "forward"
     original: Any = None
     wrapper: Any = None
     signature: inspect.Signature | None = None
@@ -103,8 +103,7 @@ class Session:
         self._correction: SamplerCorrection | None = None
         if self.guidance.rule.corrects_sampler:
             self._correction = correction_for(self._scheduler)
-        self._routes = [Route(d, "_compiled_call_impl" if getattr(d, "_compiled_call_impl", None) else "forward")
-                        for d in self.adapter.denoisers]
+        self._routes = [Route(denoiser) for denoiser in self.adapter.denoisers]
         self._active = self._routes[0]  # the route of the denoiser call being served
         self._caches = sorted({cache for d in self.adapter.denoisers for cache in caches_on(d)})
         check_spec(self._caches, self.guidance)
@@ -131,6 +130,8 @@ class Session:
             # keeps the plugin outside the compiled graph, as it is for `torch.compile(module)`. Every denoiser of
             # the pipeline (Wan 2.2's second expert too) is routed; a call is served with its own route.
             for route in self._routes:
+                compiled = getattr(route.denoiser, "_compiled_call_impl", None) is not None
+                route.entry = "_compiled_call_impl" if compiled else "forward"
                 route.original = self._patch(route.denoiser, route.entry, functools.partial(self._forward, route))
                 route.wrapper = getattr(route.denoiser, route.entry)
                 route.signature = _method_signature(getattr(route.denoiser, "_orig_mod", route.denoiser), "forward")

@@ -16,6 +16,7 @@ DiT with double-stream then single-stream blocks, flow matching, on a doubled [u
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -29,7 +30,7 @@ from .doubled import DoubledBatchAdapter
 class HiDreamAdapter(DoubledBatchAdapter):
     denoiser_attr = "transformer"
     timestep_field = ("timesteps",)
-    batch_dims = {"encoder_hidden_states_llama3": 1}  # noqa: RUF012 (read-only by use)
+    batch_dims = MappingProxyType({"encoder_hidden_states_llama3": 1})
     embedding_fields = (("encoder_hidden_states_t5",), ("encoder_hidden_states_llama3",), ("pooled_embeds",))
     block_lists = ("double_stream_blocks", "single_stream_blocks")
     skip_layers = (7,)  # our choice: a double-stream block at SD3.5 Medium's skip-layer depth (HiDream has 16)

@@ -12,6 +12,8 @@ as `uncond + s·(cond − uncond)` and handed to the scheduler unchanged.
 - Image-to-video: the transformer input is the noisy latents followed by the image condition's channels (mask and
   encoded first frame), and Wan 2.1's image-encoder states in `encoder_hidden_states_image`; the prediction has the
   latents' channels (Adapter.latents takes x_t from the leading channels).
+- pag, seg and stg's attention mode are refused (Wan's WanAttention is not a diffusers Attention, so no
+  identity-attention path is written for it); slg, stg (residual) and tsg work on both experts.
 """
 
 from __future__ import annotations
