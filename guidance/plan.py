@@ -15,7 +15,8 @@ class StepTable:
 
     timesteps: the scheduler's timesteps; a, s: coefficients of the model input x_t = a·x0 + s·n;
     sigma: noise-to-signal ratio s/a; progress: p_i = i/(N − 1) (0 at the noisiest step); sampler: the
-    scheduler's class and the settings that shape its steps.
+    scheduler's class and the settings that shape its steps; boundary: the timestep below which a two-expert
+    pipeline (Wan 2.2) runs its second denoiser, None for one denoiser.
     """
 
     timesteps: tuple[float, ...]
@@ -24,6 +25,7 @@ class StepTable:
     num_train_timesteps: int
     prediction_type: str
     sampler: str = ""
+    boundary: float | None = None
 
     def __len__(self) -> int:
         return len(self.timesteps)

@@ -16,33 +16,35 @@ Rows = slice | torch.Tensor
 Path = tuple[str, ...]
 
 
-def _take(value: Any, rows: Rows, batch: int, skip: frozenset[str], key: str = "") -> Any:
+def _take(value: Any, rows: Rows, batch: int, skip: frozenset[str], dims: Mapping[str, int], key: str = "") -> Any:
     """`value` with every batch-sized tensor in it (also inside mappings, lists and tuples: ControlNet residuals,
-    IP-Adapter image embeds) cut to `rows`."""
+    IP-Adapter image embeds) cut to `rows`; a tensor under a key of `dims` has its batch in that dimension."""
     if key in skip:
         return value
     if isinstance(value, torch.Tensor):
-        if value.ndim > 0 and value.shape[0] == batch:
-            return value[rows] if isinstance(rows, slice) else value.index_select(0, rows)
+        dim = dims.get(key, 0)
+        if value.ndim > dim and value.shape[dim] == batch:
+            return value[(slice(None),) * dim + (rows,)] if isinstance(rows, slice) else value.index_select(dim, rows)
         return value
     if isinstance(value, Mapping):
-        return {k: _take(v, rows, batch, skip, k) for k, v in value.items()}
+        return {k: _take(v, rows, batch, skip, dims, k) for k, v in value.items()}
     if type(value) in (list, tuple):
-        return type(value)(_take(v, rows, batch, skip) for v in value)
+        return type(value)(_take(v, rows, batch, skip, dims) for v in value)
     return value
 
 
-def _concat(parts: list[Any], skip: frozenset[str], batch: int, key: str = "") -> Any:
+def _concat(parts: list[Any], skip: frozenset[str], dims: Mapping[str, int], batch: int, key: str = "") -> Any:
     """The calls' arguments joined row-wise: batch-sized tensors concatenated, everything else from the first."""
     first = parts[0]
     if key in skip:
         return first
-    if isinstance(first, torch.Tensor) and first.ndim > 0 and first.shape[0] == batch:
-        return torch.cat(parts)
+    dim = dims.get(key, 0)
+    if isinstance(first, torch.Tensor) and first.ndim > dim and first.shape[dim] == batch:
+        return torch.cat(parts, dim=dim)
     if isinstance(first, Mapping):
-        return {k: _concat([p[k] for p in parts], skip, batch, k) for k in first}
+        return {k: _concat([p[k] for p in parts], skip, dims, batch, k) for k in first}
     if type(first) in (list, tuple):
-        return type(first)(_concat(list(items), skip, batch) for items in zip(*parts, strict=True))
+        return type(first)(_concat(list(items), skip, dims, batch) for items in zip(*parts, strict=True))
     return first
 
 
@@ -61,28 +63,31 @@ def with_first_output(out: Any, tensor: torch.Tensor) -> Any:
 
 def take_rows(value: Any, rows: Rows, batch: int) -> Any:
     """`value` (a tensor, or arguments holding tensors) with every `batch`-row tensor cut to `rows`."""
-    return _take(value, rows, batch, frozenset())
+    return _take(value, rows, batch, frozenset(), {})
 
 
 class DenoiserCall:
     """The bound arguments of a denoiser forward; `batch` is the row count of the sample (first argument).
 
     `positional`: the arguments the pipeline passed by position, passed so again (a compiled denoiser then sees
-    the call layout it was compiled for). `prepare`: turns the arguments, kept with one row per sample, into those the
-    denoiser takes (None: as they are; see Adapter.per_sample)."""
+    the call layout it was compiled for). `skip`: arguments never cut to rows; `batch_dims`: arguments whose batch
+    is not their first dimension (HiDream's stacked Llama states: layer first), by name. `prepare`: turns the
+    arguments, kept with one row per sample, into those the denoiser takes (None: as they are; see
+    Adapter.per_sample)."""
 
     def __init__(self, arguments: dict[str, Any], sample_name: str, skip: frozenset[str] = frozenset(),
-                 positional: tuple[str, ...] = (),
+                 positional: tuple[str, ...] = (), batch_dims: Mapping[str, int] | None = None,
                  prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         self.arguments = arguments
         self.sample_name = sample_name
         self.skip = skip
         self.positional = positional
+        self.batch_dims = batch_dims or {}
         self.prepare = prepare
 
     @classmethod
     def bind(cls, signature: inspect.Signature, args: tuple, kwargs: dict[str, Any],
-             skip: frozenset[str] = frozenset()) -> DenoiserCall:
+             skip: frozenset[str] = frozenset(), batch_dims: Mapping[str, int] | None = None) -> DenoiserCall:
         bound = signature.bind(*args, **kwargs).arguments
         arguments: dict[str, Any] = {}
         for name, value in bound.items():
@@ -94,7 +99,7 @@ class DenoiserCall:
         ordered = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
         positional = tuple(name for name in list(signature.parameters)[:len(args)]
                            if signature.parameters[name].kind in ordered)
-        return cls(arguments, next(iter(signature.parameters)), skip, positional)
+        return cls(arguments, next(iter(signature.parameters)), skip, positional, batch_dims)
 
     @property
     def sample(self) -> torch.Tensor:
@@ -106,14 +111,15 @@ class DenoiserCall:
 
     def take(self, rows: Rows) -> DenoiserCall:
         """The call restricted to `rows` (a slice gives views, an index tensor copies)."""
-        return DenoiserCall(_take(self.arguments, rows, self.batch, self.skip), self.sample_name, self.skip,
-                            self.positional, self.prepare)
+        return DenoiserCall(_take(self.arguments, rows, self.batch, self.skip, self.batch_dims), self.sample_name,
+                            self.skip, self.positional, self.batch_dims, self.prepare)
 
     @staticmethod
     def concat(calls: list[DenoiserCall]) -> DenoiserCall:
         first = calls[0]
-        arguments = _concat([c.arguments for c in calls], first.skip, first.batch)
-        return DenoiserCall(arguments, first.sample_name, first.skip, first.positional, first.prepare)
+        arguments = _concat([c.arguments for c in calls], first.skip, first.batch_dims, first.batch)
+        return DenoiserCall(arguments, first.sample_name, first.skip, first.positional, first.batch_dims,
+                            first.prepare)
 
     def get(self, path: Path) -> Any:
         value: Any = self.arguments
@@ -159,9 +165,13 @@ class RowView:
     def __len__(self) -> int:
         return self.rows.stop - self.rows.start
 
+    def _dim(self, path: Path) -> int:
+        return self.call.batch_dims.get(path[-1], 0)
+
     def _replace_rows(self, path: Path, value: torch.Tensor) -> None:
+        dim = self._dim(path)
         full = self.call.get(path).clone()
-        full[self.rows] = value.to(full.device, full.dtype)
+        full.movedim(dim, 0)[self.rows] = value.to(full.device, full.dtype)
         self.call.set(path, full)
 
     def class_labels(self) -> torch.Tensor:
@@ -171,8 +181,9 @@ class RowView:
         self._replace_rows(self.adapter.class_field, labels)
 
     def embeddings(self) -> dict[str, torch.Tensor]:
-        found = {"/".join(p): self.call.get(p) for p in self.adapter.embedding_fields}
-        found = {k: v[self.rows] for k, v in found.items() if isinstance(v, torch.Tensor)}
+        """The rows' condition embeddings by field, batch first."""
+        found = {"/".join(p): (self.call.get(p), self._dim(p)) for p in self.adapter.embedding_fields}
+        found = {k: v.movedim(dim, 0)[self.rows] for k, (v, dim) in found.items() if isinstance(v, torch.Tensor)}
         if not found:
             fields = ", ".join("/".join(p) for p in self.adapter.embedding_fields) or "none"
             raise GuidanceError(f"ICG found no condition embedding in the {type(self.pipe).__name__} denoiser call "

@@ -48,6 +48,18 @@ class StepEndCallback(PipelineCallback):
 
 
 @dataclass
+class Route:
+    """One denoiser the session is installed on: the entry point it routes (`forward`, or `_compiled_call_impl` of
+    a module compiled in place), the original there, the session's wrapper, and the forward's signature."""
+
+    denoiser: Any
+    entry: str = "forward"
+    original: Any = None
+    wrapper: Any = None
+    signature: inspect.Signature | None = None
+
+
+@dataclass
 class Run:
     """State of one pipeline call."""
 
@@ -93,7 +105,9 @@ class Session:
         self._correction: SamplerCorrection | None = None
         if self.guidance.rule.corrects_sampler:
             self._correction = correction_for(self._scheduler)
-        self._caches = caches_on(self.adapter.denoiser)
+        self._routes = [Route(denoiser) for denoiser in self.adapter.denoisers]
+        self._active = self._routes[0]  # the route of the denoiser call being served
+        self._caches = sorted({cache for d in self.adapter.denoisers for cache in caches_on(d)})
         check_spec(self._caches, self.guidance)
 
     # ---------------------------------------------------------------- install / restore
@@ -113,14 +127,16 @@ class Session:
     def __enter__(self) -> Session:
         if self._patches:
             raise GuidanceError("This guidance session is already attached; use one `with` block per session.")
-        denoiser = self.adapter.denoiser
         try:
             # A module compiled in place (`module.compile()`) is called through `_compiled_call_impl`: routing that
-            # keeps the plugin outside the compiled graph, as it is for `torch.compile(module)`.
-            self._entry = "forward" if getattr(denoiser, "_compiled_call_impl", None) is None else "_compiled_call_impl"
-            self._forward_original = self._patch(denoiser, self._entry, self._forward)
-            self._forward_wrapper = getattr(denoiser, self._entry)
-            self._signature = _method_signature(getattr(denoiser, "_orig_mod", denoiser), "forward")
+            # keeps the plugin outside the compiled graph, as it is for `torch.compile(module)`. Every denoiser of
+            # the pipeline (Wan 2.2's second expert too) is routed; a call is served with its own route.
+            for route in self._routes:
+                compiled = getattr(route.denoiser, "_compiled_call_impl", None) is not None
+                route.entry = "_compiled_call_impl" if compiled else "forward"
+                route.original = self._patch(route.denoiser, route.entry, functools.partial(self._forward, route))
+                route.wrapper = getattr(route.denoiser, route.entry)
+                route.signature = _method_signature(getattr(route.denoiser, "_orig_mod", route.denoiser), "forward")
             self._set_timesteps = self._patch(self._scheduler, "set_timesteps", self._on_set_timesteps)
             self._step = self._patch(self._scheduler, "step", self._on_step)
             self._step_signature = _method_signature(self._scheduler, "step")
@@ -147,11 +163,11 @@ class Session:
         """At the start of every pipeline call: if something replaced the denoiser's forward since the last call
         (model CPU offloading re-installs accelerate's hook after each call), route the new one through the session
         too. Exit still restores the forward that was there before attach."""
-        denoiser = self.adapter.denoiser
-        current = getattr(denoiser, self._entry)
-        if current is not self._forward_wrapper:
-            self._forward_original = current
-            setattr(denoiser, self._entry, self._forward_wrapper)
+        for route in self._routes:
+            current = getattr(route.denoiser, route.entry)
+            if current is not route.wrapper:
+                route.original = current
+                setattr(route.denoiser, route.entry, route.wrapper)
 
     # ---------------------------------------------------------------- stats
 
@@ -173,7 +189,7 @@ class Session:
         self.adapter.check_pipeline_call(needs_pipeline_reference=not self.guidance.reference.from_condition)
         result = self._set_timesteps(*args, **kwargs)
         self._keep_forward_routed()
-        table = step_table(self._scheduler)
+        table = step_table(self._scheduler, self.adapter.boundary())
         spec = self.guidance
         self.current_run = Run(table=table, scales=spec.rule.step_scales(spec.scale, spec.schedule, table),
                                term_scales=[term.step_scales(table) for term in spec.terms])
@@ -208,11 +224,13 @@ class Session:
 
     # ---------------------------------------------------------------- denoiser side
 
-    def _forward(self, *args: Any, **kwargs: Any) -> Any:
+    def _forward(self, route: Route, *args: Any, **kwargs: Any) -> Any:
         if self.pipe.scheduler is not self._scheduler:
             raise GuidanceError("The pipeline's scheduler was replaced while guidance was attached. Set the "
                                 "scheduler first, then attach (or call guidance.run).")
-        call = self.adapter.per_sample(DenoiserCall.bind(self._signature, args, kwargs, self.adapter.skip_keys))
+        self._active = route
+        call = self.adapter.per_sample(DenoiserCall.bind(route.signature, args, kwargs, self.adapter.skip_keys,
+                                                         self.adapter.batch_dims))
         run = self.current_run
         if run is None or (run.step is not None and run.step >= len(run.table)):
             return self.evaluate(call)
@@ -263,7 +281,7 @@ class Session:
         """Run the original denoiser forward on `call` as it is."""
         self._rows += call.batch
         self._calls += 1
-        return call.run(self._forward_original)
+        return call.run(self._active.original)
 
     def evaluate_groups(self, groups: list[Group]) -> tuple[Any, list[torch.Tensor]]:
         """Evaluate the groups of a step: those on the denoiser in ONE call — each reference prepares its own rows and
@@ -292,7 +310,7 @@ class Session:
         self._calls += 1
         try:
             with self._scope.within(0, joined.batch):
-                out = joined.run(self._forward_original)
+                out = joined.run(self._active.original)
         finally:
             for perturbation in active:
                 perturbation.rows = None

@@ -39,8 +39,9 @@ def sampler_id(scheduler: Any) -> str:
     return f"{type(scheduler).__name__}{json.dumps(config, sort_keys=True, default=str)}"
 
 
-def step_table(scheduler: Any) -> StepTable:
-    """a, s, σ and progress of every step of the run the scheduler was just set up for."""
+def step_table(scheduler: Any, boundary: float | None = None) -> StepTable:
+    """a, s, σ and progress of every step of the run the scheduler was just set up for; `boundary`: where a
+    two-expert pipeline switches denoisers (StepTable.boundary)."""
     timesteps = [float(t) for t in scheduler.timesteps.tolist()]  # the run's one read from the device
     n = len(timesteps)
     sigmas = getattr(scheduler, "sigmas", None)
@@ -62,4 +63,4 @@ def step_table(scheduler: Any) -> StepTable:
                             "DDIM, DDPM, Euler, DPM-Solver, UniPC, PNDM or flow-matching Euler scheduler.")
     return StepTable(timesteps=tuple(timesteps), a=tuple(a), s=tuple(s),
                      num_train_timesteps=int(scheduler.config.num_train_timesteps), prediction_type=kind,
-                     sampler=sampler_id(scheduler))
+                     sampler=sampler_id(scheduler), boundary=boundary)

@@ -16,31 +16,39 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=UserWarning)
 
 
-def first_layer(pipe) -> torch.nn.Module:
-    """The denoiser's first layer: every evaluated row passes it exactly once."""
+def denoisers(pipe) -> list[torch.nn.Module]:
+    """The pipeline's denoisers: its UNet, or its transformer and a second expert if it has one (Wan 2.2)."""
     if getattr(pipe, "unet", None) is not None:
-        # AnimateDiff's motion UNet folds the frames into the batch after its time embedding
-        return pipe.unet.time_embedding if type(pipe.unet).__name__ == "UNetMotionModel" else pipe.unet.conv_in
-    transformer = pipe.transformer
-    for name in ("x_embedder", "patch_embedding", "img_in", "pos_embed", "patch_embed", "proj_in"):
-        if hasattr(transformer, name):
-            return getattr(transformer, name)
+        return [pipe.unet]
+    return [d for d in (pipe.transformer, getattr(pipe, "transformer_2", None)) if d is not None]
+
+
+def first_layer(pipe, denoiser: torch.nn.Module | None = None) -> torch.nn.Module:
+    """The first layer of the pipeline's (first) denoiser: every evaluated row passes it exactly once (AnimateDiff's
+    motion UNet folds the frames into the batch after its time embedding, so its rows are counted there)."""
+    denoiser = denoisers(pipe)[0] if denoiser is None else denoiser
+    if type(denoiser).__name__ == "UNetMotionModel":
+        return denoiser.time_embedding
+    for name in ("conv_in", "x_embedder", "patch_embedding", "img_in", "pos_embed", "patch_embed", "proj_in"):
+        if hasattr(denoiser, name):
+            return getattr(denoiser, name)
 
 
 class RowCounter:
-    """Counts the rows the denoiser really evaluates, with a forward pre-hook on its first layer."""
+    """Counts the rows the denoisers really evaluate, with a forward pre-hook on each one's first layer."""
 
     def __init__(self, pipe) -> None:
         self.rows = 0
         self.calls: list[int] = []
-        self._handle = first_layer(pipe).register_forward_pre_hook(self._count)
+        self._handles = [first_layer(pipe, d).register_forward_pre_hook(self._count) for d in denoisers(pipe)]
 
     def _count(self, module, inputs) -> None:
         self.rows += inputs[0].shape[0]
         self.calls.append(inputs[0].shape[0])
 
     def close(self) -> None:
-        self._handle.remove()
+        for handle in self._handles:
+            handle.remove()
 
 
 @pytest.fixture

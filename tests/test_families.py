@@ -20,7 +20,7 @@ import torch
 import guidance
 from guidance.pipelines.testing.tiny import FAMILIES, tiny_call_kwargs, tiny_pipeline
 
-from conftest import strip_scales
+from conftest import denoisers, strip_scales
 
 B = 2
 N = 4
@@ -37,17 +37,19 @@ def norm_rescale(cond: torch.Tensor, guided: torch.Tensor) -> torch.Tensor:
 class Facts:
     """protocol: "doubled" (one call on [uncond; cond], or [cond; uncond] with cond_first) or "separate" (a cond
     call, then a negative call); prediction: "epsilon", "v_prediction" or "flow" (x_t = (1 − σ)·x0 + σ·n, output
-    n − x0 at the scheduler's σ); channels: output channels that are the prediction (learned variance); after: the
-    pipeline's own change to the combined prediction; negated: the pipeline negates the output before its step
-    (Lumina 2: its transformer runs time the other way and predicts x0 − n); tokens: the leading tokens of the
-    sequence the pipeline keeps (Kontext: the input image's tokens follow them and are dropped)."""
+    n − x0 at the scheduler's σ); channels: output channels that are the prediction (learned variance); inputs: the
+    leading input channels that are x_t (condition channels follow); negated: the pipeline negates the denoiser's
+    output before combining (Lumina 2: its transformer runs time the other way and predicts x0 − n); after: the
+    pipeline's own change to the combined prediction; tokens: the leading tokens of the sequence the pipeline keeps
+    (Kontext: the input image's tokens follow them and are dropped)."""
 
     protocol: str
     prediction: str
     cond_first: bool = False
     channels: int | None = None
-    after: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    inputs: int | None = None
     negated: bool = False
+    after: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     tokens: int | None = None
 
 
@@ -61,6 +63,11 @@ FACTS = {
     "pixart_sigma": Facts("doubled", "epsilon", channels=4),
     "dit": Facts("doubled", "epsilon", cond_first=True, channels=4),
     "wan": Facts("separate", "flow"),
+    "wan22": Facts("separate", "flow"),
+    "wan_i2v": Facts("separate", "flow", inputs=16),  # noisy latents, then the frame mask and the encoded image
+    "sana": Facts("doubled", "flow"),
+    "kolors": Facts("doubled", "epsilon"),
+    "hidream": Facts("doubled", "flow", negated=True),
     "qwenimage": Facts("separate", "flow", after=norm_rescale),
     "ltx": Facts("doubled", "flow"),
     "hunyuanvideo": Facts("separate", "flow"),
@@ -78,13 +85,15 @@ def test_every_family_has_facts() -> None:
 
 
 class Recorder:
-    """Every denoiser call's inputs (a forward pre-hook) and every scheduler step's inputs, grouped by step."""
+    """Every denoiser call's module and inputs (a forward pre-hook on each denoiser: a second expert too) and every
+    scheduler step's inputs, grouped by step."""
 
-    def __init__(self, pipe, denoiser) -> None:
-        self.calls: list[tuple[tuple, dict]] = []
+    def __init__(self, pipe) -> None:
+        self.calls: list[tuple[torch.nn.Module, tuple, dict]] = []
         self.steps: list[tuple[torch.Tensor, int]] = []  # (model_output, calls so far)
-        self.handle = denoiser.register_forward_pre_hook(
-            lambda module, args, kwargs: self.calls.append((args, dict(kwargs))), with_kwargs=True)
+        self.handles = [denoiser.register_forward_pre_hook(
+            lambda module, args, kwargs: self.calls.append((module, args, dict(kwargs))), with_kwargs=True)
+            for denoiser in denoisers(pipe)]
         self.scheduler = pipe.scheduler
         original = pipe.scheduler.step
 
@@ -96,23 +105,24 @@ class Recorder:
         pipe.scheduler.step = step
 
     def close(self) -> None:
-        self.handle.remove()
+        for handle in self.handles:
+            handle.remove()
         del self.scheduler.step
 
-    def per_step(self) -> list[list[tuple[tuple, dict]]]:
+    def per_step(self) -> list[list[tuple[torch.nn.Module, tuple, dict]]]:
         bounds = [0, *(n for _, n in self.steps)]
         return [self.calls[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-def native(denoiser, call: tuple[tuple, dict]) -> torch.Tensor:
-    args, kwargs = call
+def native(call: tuple[torch.nn.Module, tuple, dict]) -> torch.Tensor:
+    denoiser, args, kwargs = call
     with torch.no_grad():
         return denoiser(*args, **{**kwargs, "return_dict": False})[0].double()
 
 
-def input_of(call: tuple[tuple, dict]) -> tuple[torch.Tensor, torch.Tensor]:
+def input_of(call: tuple[torch.nn.Module, tuple, dict]) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_t, timestep) the pipeline passed to its denoiser."""
-    args, kwargs = call
+    _, args, kwargs = call
     x = kwargs.get("hidden_states", kwargs.get("sample", args[0] if args else None))
     return x.double(), kwargs.get("timestep", args[1] if len(args) > 1 else None)
 
@@ -159,8 +169,7 @@ def apg_by_hand(x0_c: torch.Tensor, x0_u: torch.Tensor) -> torch.Tensor:
 def test_apg_in_x0_space_matches_hand_formula(family: str) -> None:
     facts = FACTS[family]
     pipe = tiny_pipeline(family)
-    denoiser = getattr(pipe, "transformer", None) or pipe.unet
-    recorder = Recorder(pipe, denoiser)
+    recorder = Recorder(pipe)
     spec = {"scale": W, "rule": {"name": "apg", "eta": 0.0, "norm_threshold": None, "momentum": 0.0}}
     guidance.run(pipe, spec, **strip_scales(tiny_call_kwargs(family, batch=B, seed=3, num_inference_steps=N)))
     recorder.close()
@@ -169,11 +178,11 @@ def test_apg_in_x0_space_matches_hand_formula(family: str) -> None:
     for k, (calls, (guided, _)) in enumerate(zip(groups, recorder.steps, strict=True)):
         if facts.protocol == "separate":
             assert len(calls) == 2, f"step {k}: {len(calls)} denoiser calls"
-            cond, uncond = native(denoiser, calls[0]), native(denoiser, calls[1])
+            cond, uncond = native(calls[0]), native(calls[1])
             x, timestep = input_of(calls[0])
         else:
             assert len(calls) == 1, f"step {k}: {len(calls)} denoiser calls"
-            first, second = native(denoiser, calls[0]).chunk(2)
+            first, second = native(calls[0]).chunk(2)
             cond, uncond = (first, second) if facts.cond_first else (second, first)
             x, timestep = input_of(calls[0])
             x = x.chunk(2)[0 if facts.cond_first else 1]
@@ -181,6 +190,8 @@ def test_apg_in_x0_space_matches_hand_formula(family: str) -> None:
             cond, uncond = cond[:, :facts.channels], uncond[:, :facts.channels]
         if facts.negated:
             cond, uncond = -cond, -uncond
+        if facts.inputs:
+            x = x[:, :facts.inputs]
         a, s = coefficients(pipe, facts, k, timestep)
         if facts.tokens:
             assert x.shape[1] > facts.tokens, "the call holds no conditioning tokens: the check cannot see them"
@@ -210,8 +221,7 @@ def test_cfg_zero_star_zero_init_hands_the_scheduler_zero(family: str) -> None:
     """CFG-Zero*'s zero-init step (arXiv 2503.18886 §3.3): the prediction the pipeline steps with is exactly 0, after
     whatever the pipeline does to its combined prediction (Qwen-Image's norm rescale would make 0/0 of it)."""
     pipe = tiny_pipeline(family)
-    denoiser = getattr(pipe, "transformer", None) or pipe.unet
-    recorder = Recorder(pipe, denoiser)
+    recorder = Recorder(pipe)
     spec = {"scale": W, "rule": {"name": "cfg_zero_star", "zero_init_steps": 1}}
     guidance.run(pipe, spec, **strip_scales(tiny_call_kwargs(family, batch=B, seed=3, num_inference_steps=N)))
     recorder.close()

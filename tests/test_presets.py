@@ -22,7 +22,7 @@ FAMILIES = {"stabilityai/stable-diffusion-xl-base-1.0": "sdxl", "stabilityai/sta
             "stabilityai/stable-diffusion-3-medium-diffusers": "sd3", "stabilityai/stable-diffusion-3.5-medium": "sd35",
             "Qwen/Qwen-Image": "qwenimage", "Lightricks/LTX-Video": "ltx",
             "hunyuanvideo-community/HunyuanVideo": "hunyuanvideo",
-            "black-forest-labs/FLUX.1-Kontext-dev": "flux_kontext"}
+            "black-forest-labs/FLUX.1-Kontext-dev": "flux_kontext", "Wan-AI/Wan2.2-T2V-A14B-Diffusers": "wan22"}
 
 
 def test_presets_cover_the_methods_and_families() -> None:
@@ -34,10 +34,10 @@ def test_presets_cover_the_methods_and_families() -> None:
 
 def on_tiny_blocks(spec: guidance.Guidance, pipe) -> dict:
     """The spec with block indices beyond the tiny transformer's (SD3.5's 7–9 of 24) moved to its last block."""
-    last = len(pipe.transformer.transformer_blocks) - 1 if hasattr(pipe, "transformer") else 0
     data = spec.to_spec()
     for term in data.get("terms", []):
         if term["reference"]["name"] in ("slg", "stg") and term["reference"].get("layers"):
+            last = len(pipe.transformer.transformer_blocks) - 1
             term["reference"]["layers"] = [min(layer, last) for layer in term["reference"]["layers"]]
     return data
 

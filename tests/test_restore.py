@@ -14,7 +14,7 @@ import torch
 import guidance
 from guidance.pipelines.testing.tiny import FAMILIES, tiny_call_kwargs, tiny_pipeline
 
-from conftest import first_layer, output_tensor, strip_scales
+from conftest import denoisers, first_layer, output_tensor, strip_scales
 
 B = 2
 N = 4
@@ -62,7 +62,12 @@ _MISSING = object()
 
 def snapshot(pipe) -> dict:
     denoiser, scheduler = denoiser_of(pipe), pipe.scheduler
+    experts = {}  # a second expert (Wan 2.2) is routed and hooked too
+    for expert in denoisers(pipe)[1:]:
+        experts |= {"expert": expert, "expert.__dict__['forward']": expert.__dict__.get("forward", _MISSING),
+                    "expert hooks": hooks(expert)}
     return {
+        **experts,
         "denoiser": denoiser,
         "denoiser.__dict__['forward']": denoiser.__dict__.get("forward", _MISSING),
         "class forward": type(denoiser).forward,
@@ -77,9 +82,9 @@ def snapshot(pipe) -> dict:
 
 def assert_same(before: dict, after: dict) -> None:
     for key, value in before.items():
-        if key == "hooks":
+        if key in ("hooks", "expert hooks"):
             changed = {name for name in value if value[name] != after[key].get(name)}
-            assert not changed, f"forward hooks differ after exit on: {sorted(changed)}"
+            assert not changed, f"{key} differ after exit on: {sorted(changed)}"
             assert set(value) == set(after[key])
         else:
             assert after[key] is value, f"{key} is not the same object after exit ({value!r} → {after[key]!r})"
@@ -89,9 +94,13 @@ def assert_patched_inside(pipe, before: dict, time_hooks: bool) -> None:
     """Non-vacuity: inside the block the session really changed the pipeline."""
     now = snapshot(pipe)
     assert now["denoiser.__dict__['forward']"] is not before["denoiser.__dict__['forward']"]
+    if "expert" in before:
+        assert now["expert.__dict__['forward']"] is not before["expert.__dict__['forward']"]
     assert now["scheduler.__dict__['step']"] is not before["scheduler.__dict__['step']"]
     if time_hooks:
         assert now["hooks"] != before["hooks"], "reference tsg should hook the time embedding inside the block"
+        if "expert" in before:
+            assert now["expert hooks"] != before["expert hooks"], "tsg should hook the second expert's too"
 
 
 @pytest.mark.parametrize("family", FAMILIES)

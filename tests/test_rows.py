@@ -22,7 +22,8 @@ from conftest import strip_scales
 B = 2
 N = 5
 # families whose pipelines run the prompt and the negative prompt as two denoiser calls (read from their code)
-SEPARATE_CALLS = ("flux", "wan", "qwenimage", "hunyuanvideo", "flux_kontext", "flux2_klein", "chroma", "lumina2")
+SEPARATE_CALLS = ("flux", "wan", "wan22", "wan_i2v", "qwenimage", "hunyuanvideo", "flux_kontext", "flux2_klein",
+                  "chroma", "lumina2")
 RECORD_KEYS = {"t", "sigma", "w", "cosine", "delta_norm", "branches", "reference_rows", "denoiser_rows"}
 
 
@@ -123,7 +124,7 @@ def noise_to_signal(scheduler) -> list[float]:
     """σ_i = s/a of each step of the scheduler's current run, by hand (docs/CONVENTIONS.md §3)."""
     n = len(scheduler.timesteps)
     name = type(scheduler).__name__
-    if "FlowMatch" in name:
+    if "FlowMatch" in name or scheduler.config.get("use_flow_sigmas"):
         sigma = scheduler.sigmas[:n].double()
         return (sigma / (1.0 - sigma)).tolist()  # σ = 1 gives inf
     if getattr(scheduler, "sigmas", None) is not None and name != "DDIMScheduler":

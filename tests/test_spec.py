@@ -129,6 +129,7 @@ PARAMS = {
     ("schedule", "clamp_linear"): {"c": 1.0},
     ("schedule", "clamp_cosine"): {"c": 0.5},
     ("schedule", "interval"): {"sigma_lo": 0.1, "sigma_hi": 3.0},
+    ("schedule", "experts"): {"scale_2": 3.0, "boundary": 0.875},
     ("policy", "adaptive"): {"threshold": 0.95},
 }
 
@@ -138,14 +139,14 @@ def test_registries_hold_the_designed_names():
     assert set(REFERENCES.names()) == {"uncond", "icg", "tsg", "combined", "pag", "seg", "slg", "stg", "autoguidance"}
     assert set(SCHEDULES.names()) == {"constant", "linear", "cosine", "inverse_linear", "sine", "v_shape",
                                       "lambda_shape", "clamp_linear", "clamp_cosine", "pcs", "interval", "steps",
-                                      "pag_adaptive"}
+                                      "pag_adaptive", "experts"}
     assert set(POLICIES.names()) == {"always", "adaptive", "linear_ag"}
 
 
 @pytest.mark.parametrize(("axis", "name"), ALL_NAMES)
 def test_axis_as_name_or_mapping(axis, name, coefficients):
     required = {"linear_ag": {"coefficients": coefficients}, "combined": {"of": ["icg", "tsg"]},
-                "autoguidance": {"model": "digits-weak"}}
+                "autoguidance": {"model": "digits-weak"}, "experts": {"scale_2": 3.0}}
     if name in required:
         with pytest.raises(GuidanceError, match=next(iter(required[name]))):
             guidance.load({axis: name})  # its one parameter is required

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 import torch
 from diffusers import (
+    KolorsPAGPipeline,
     PixArtSigmaPAGPipeline,
+    SanaPAGPipeline,
     StableDiffusion3PAGPipeline,
     StableDiffusionPAGPipeline,
     StableDiffusionXLPAGPipeline,
@@ -33,7 +35,8 @@ from reference_loops import ddim_guided, sd_call, sd_inputs
 
 PAG_PIPELINES = {"sd": (StableDiffusionPAGPipeline, ["mid"]), "sdxl": (StableDiffusionXLPAGPipeline, ["mid"]),
                  "sd3": (StableDiffusion3PAGPipeline, ["blocks.1"]),
-                 "pixart_sigma": (PixArtSigmaPAGPipeline, ["blocks.1"])}
+                 "pixart_sigma": (PixArtSigmaPAGPipeline, ["blocks.1"]),
+                 "sana": (SanaPAGPipeline, ["transformer_blocks.0"]), "kolors": (KolorsPAGPipeline, ["mid"])}
 
 
 def pag_pipeline(family: str):

@@ -38,7 +38,7 @@ class AnimateDiffAdapter(UNetAdapter):
         if embeddings is None or embeddings.shape[0] != call.batch * frames:
             return call
         arguments = {**call.arguments, EMBEDDINGS: embeddings.unflatten(0, (call.batch, frames))}
-        return DenoiserCall(arguments, call.sample_name, call.skip, call.positional, _per_frame)
+        return DenoiserCall(arguments, call.sample_name, call.skip, call.positional, call.batch_dims, _per_frame)
 
     def encode_prompts(self, prompts: list[str], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         embeds = super().encode_prompts(prompts, like)[EMBEDDINGS]

@@ -6,7 +6,8 @@ its call protocol: `DoubledBatchAdapter` (adapters/doubled.py) or `SeparateCalls
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -38,15 +39,18 @@ class Adapter:
     """How guidance plugs into one pipeline family."""
 
     denoiser_attr: ClassVar[str] = "unet"
+    expert_attrs: ClassVar[tuple[str, ...]] = ()  # further denoisers a pipeline switches to within a run, if present
     calls_per_step: ClassVar[int] = 1  # denoiser calls of a step that carry the guidance branches
     embedding_fields: ClassVar[tuple[Path, ...]] = (("encoder_hidden_states",),)
     class_field: ClassVar[Path | None] = None
     skip_keys: ClassVar[frozenset[str]] = frozenset()
-    timestep_field: ClassVar[Path] = ("timestep",)
+    batch_dims: ClassVar[Mapping[str, int]] = MappingProxyType({})  # arguments whose batch is not dim 0, by name
+    timestep_field: ClassVar[Path] = ("timestep",)  # the denoiser's timestep argument
     timestep_scale: ClassVar[float] = 1.0  # denoiser timestep argument × this = the scheduler's timestep
     pag_layers: ClassVar[tuple[str, ...]] = ()  # default `layers` of pag and seg: diffusers' PAG default, or ours
     block_lists: ClassVar[tuple[str, ...]] = ()  # the denoiser's main block list(s), for slg and stg
     skip_layers: ClassVar[tuple[int, ...]] = ()  # default `layers` of slg and stg
+    negated: ClassVar[bool] = False  # the pipeline negates the denoiser's output before its scheduler step
     joint_blocks: ClassVar[bool] = False  # blocks take and return both streams: (encoder_hidden_states, hidden_states)
     hidden_states_first: ClassVar[bool] = False  # joint blocks return (hidden_states, encoder_hidden_states)
     attention_refusal: ClassVar[str] = ""  # why pag, seg and stg's attention mode cannot serve it ("": they can)
@@ -58,6 +62,17 @@ class Adapter:
     @property
     def denoiser(self) -> nn.Module:
         return getattr(self.pipe, self.denoiser_attr)
+
+    @property
+    def denoisers(self) -> list[nn.Module]:
+        """Every denoiser the pipeline may call in a run: the main one, then each expert present. The session routes
+        all of them; perturbations change the same layers in each."""
+        experts = (getattr(self.pipe, name, None) for name in self.expert_attrs)
+        return [self.denoiser, *(expert for expert in experts if expert is not None)]
+
+    def boundary(self) -> float | None:
+        """The timestep below which the pipeline switches to its second denoiser (schedule `experts`); None: one."""
+        return None
 
     # ---------------------------------------------------------------- the call protocol
 
@@ -127,7 +142,7 @@ class Adapter:
             raise GuidanceError(f"{method} has no default layers for {type(self.pipe).__name__}: give `layers`, "
                                 f"diffusers' pag_applied_layers ids of its self-attention (it sits in {places[0]}, "
                                 "…).")
-        return attention_layers(self.denoiser, chosen, method)
+        return [module for denoiser in self.denoisers for module in attention_layers(denoiser, chosen, method)]
 
     def blocks(self, layers: Sequence[int] | None, method: str) -> list[nn.Module]:
         """The main-list blocks `layers` indexes (None: the family's default)."""
@@ -140,7 +155,8 @@ class Adapter:
         if not chosen:
             raise GuidanceError(f"{method} has no default layers for {type(self.pipe).__name__}: give `layers`, "
                                 "block indices of its main block list.")
-        return indexed_blocks(self.denoiser, self.block_lists, chosen, method)
+        return [block for denoiser in self.denoisers
+                for block in indexed_blocks(denoiser, self.block_lists, chosen, method)]
 
     def block_passthrough(self, arguments: dict[str, Any]) -> Any:
         """A skipped block's output: its input (blocks of joint-attention families return both streams where they are
@@ -171,12 +187,15 @@ class Adapter:
 
     def prediction(self, out: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """The prediction channels of a raw output for the denoiser input `sample` (a learned variance is not
-        guided)."""
+        guided), in the scheduler's sign (`negated` families)."""
         channels = self.prediction_channels(sample, out)
-        return out[:, :channels] if channels else out
+        out = out[:, :channels] if channels else out
+        return -out if self.negated else out
 
     def with_prediction(self, out: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
         """A raw output `out` with its prediction channels (the leading channels `prediction` has) replaced."""
+        if self.negated:
+            prediction = -prediction
         if prediction.shape == out.shape:
             return prediction
         return torch.cat([prediction, out[:, prediction.shape[1]:]], dim=1)

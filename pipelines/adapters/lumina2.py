@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
 from guidance.errors import GuidanceError
@@ -24,6 +23,7 @@ from .separate import SeparateCallsAdapter
 
 class Lumina2Adapter(SeparateCallsAdapter):
     denoiser_attr = "transformer"
+    negated = True
     embedding_fields = (("encoder_hidden_states",),)
     block_lists = ("layers",)
     skip_layers = (13,)  # our choice: the middle of Lumina Image 2.0's 26 joint blocks
@@ -34,12 +34,6 @@ class Lumina2Adapter(SeparateCallsAdapter):
 
     def scheduler_timestep(self, timestep: float) -> float:
         return (1.0 - timestep) * self.pipe.scheduler.config.num_train_timesteps
-
-    def prediction(self, out: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
-        return -out
-
-    def with_prediction(self, out: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
-        return -prediction
 
     def time_embedders(self) -> list[nn.Module]:
         return [self.denoiser.time_caption_embed.timestep_embedder]

@@ -77,7 +77,10 @@ class ClassConditionalAdapter(UNetAdapter):
 
 
 class SDXLAdapter(UNetAdapter):
-    """SDXL: the pooled text embedding in added_cond_kwargs is part of the condition."""
+    """SDXL, and Kolors (diffusers' pipelines/kolors/pipeline_kolors.py KolorsPipeline: the same `text_time` UNet on
+    the same [uncond; cond] batch, ε-prediction, nothing after CFG; its ChatGLM states pass the UNet's text_proj, and
+    its encode_prompt has SDXL's arguments and returns): the pooled text embedding in added_cond_kwargs is part of
+    the condition. PAG's default "mid" is also diffusers' KolorsPAGPipeline's."""
 
     embedding_fields = (("encoder_hidden_states",), ("added_cond_kwargs", "text_embeds"))
 

@@ -1,8 +1,20 @@
-"""Wan 2.1 (WanPipeline, WanImageToVideoPipeline): a video DiT on 5-D latents (batch, channels, frames, height,
-width), flow matching, with the prompt and the negative prompt as two separate transformer calls per step (the
-separate-calls protocol). The time embedding is `transformer.condition_embedder.time_embedder`; the main block list
-is `transformer.blocks` (slg, stg). Wan 2.2's second expert (`transformer_2`) is refused until both experts are
-guided."""
+"""Wan 2.1 and 2.2 (diffusers' pipelines/wan/pipeline_wan.py WanPipeline, pipeline_wan_i2v.py
+WanImageToVideoPipeline): a video DiT on 5-D latents (batch, channels, frames, height, width), flow matching, with
+the prompt and the negative prompt as two separate transformer calls per step (the separate-calls protocol), combined
+as `uncond + s·(cond − uncond)` and handed to the scheduler unchanged.
+
+- Time: the transformer's `timestep` is the scheduler's timestep (with `expand_timesteps`, one per token).
+  The time embedding is `transformer.condition_embedder.time_embedder`; the main block list is `transformer.blocks`.
+- Wan 2.2's two experts: with `transformer_2` and the config's `boundary_ratio`, the steps with
+  t ≥ boundary_ratio·num_train_timesteps run `transformer` at `guidance_scale`, the others `transformer_2` at
+  `guidance_scale_2`. Both experts are routed and both get the terms' perturbations; the spec's schedule `experts`
+  (`scale_2`) gives the second expert its own scale at the pipeline's boundary.
+- Image-to-video: the transformer input is the noisy latents followed by the image condition's channels (mask and
+  encoded first frame), and Wan 2.1's image-encoder states in `encoder_hidden_states_image`; the prediction has the
+  latents' channels (Adapter.latents takes x_t from the leading channels).
+- pag, seg and stg's attention mode are refused (Wan's WanAttention is not a diffusers Attention, so no
+  identity-attention path is written for it); slg, stg (residual) and tsg work on both experts.
+"""
 
 from __future__ import annotations
 
@@ -17,15 +29,21 @@ from .separate import SeparateCallsAdapter
 
 class WanAdapter(SeparateCallsAdapter):
     denoiser_attr = "transformer"
+    expert_attrs = ("transformer_2",)
     block_lists = ("blocks",)
     skip_layers = (2,)  # STG's Wan 2.1 block (junhahyung/STGuidance, skip_guidance_block_idxs)
 
-    def __init__(self, pipe: Any) -> None:
-        super().__init__(pipe)
-        if getattr(pipe, "transformer_2", None) is not None:
-            raise GuidanceError(f"{type(pipe).__name__} carries a second expert (transformer_2, Wan 2.2), which "
-                                "guidance does not wrap yet: only the first expert's steps would be guided. Load the "
-                                "pipeline with transformer_2=None (Wan 2.1 style), or use the pipeline's own CFG.")
+    def boundary(self) -> float | None:
+        ratio = self.pipe.config.get("boundary_ratio")
+        if ratio is None or getattr(self.pipe, "transformer_2", None) is None:
+            return None
+        return ratio * self.pipe.scheduler.config.num_train_timesteps
+
+    def run_kwargs(self, kwargs: dict[str, Any], needs_pipeline_reference: bool) -> dict[str, Any]:
+        if "guidance_scale_2" in kwargs:
+            raise GuidanceError("guidance.run sets the pipeline's guidance_scale_2 itself; give the second expert its "
+                                "scale in the spec instead: schedule: {name: experts, scale_2: ...}.")
+        return super().run_kwargs(kwargs, needs_pipeline_reference)
 
     def time_embedders(self) -> list[nn.Module]:
-        return [self.denoiser.condition_embedder.time_embedder]
+        return [denoiser.condition_embedder.time_embedder for denoiser in self.denoisers]

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from guidance.errors import GuidanceError
+
 from ..adapters.layers import self_attention_in
 from .base import Perturbation, RowDispatch
 
@@ -84,6 +86,11 @@ class IdentityAttention(Perturbation):
         if reference.layer_kind == "blocks":  # STG: the self-attention inside the chosen blocks
             self.adapter.check_attention(reference.name)
             modules = self_attention_in(self.adapter.blocks(reference.layers, reference.name))
+            if not modules:
+                raise GuidanceError(f"{reference.name} with mode attention: the chosen blocks of "
+                                    f"{type(self.adapter.denoiser).__name__} hold no self-attention module it can "
+                                    "perturb (a diffusers Attention that is not cross-attention); use mode residual, "
+                                    "which skips the blocks.")
         else:
             modules = self.adapter.attention_layers(reference.layers, reference.name)
         for module in modules:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline
+from diffusers import AutoencoderKL, AutoencoderKLWan, DiffusionPipeline, WanTransformer3DModel
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import CLIPTextConfig, CLIPTokenizer, T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
@@ -79,6 +79,20 @@ def small_vae(**overrides: Any) -> AutoencoderKL:
     )
 
 
+def wan_vae() -> AutoencoderKLWan:
+    """The tiny Wan video VAE of diffusers' test suite (tests/pipelines/wan): 16 latent channels."""
+    return AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True])
+
+
+def wan_transformer(**overrides: Any) -> WanTransformer3DModel:
+    """The tiny Wan transformer of diffusers' test suite (tests/pipelines/wan); `overrides` change its config."""
+    config = {"patch_size": (1, 2, 2), "num_attention_heads": 2, "attention_head_dim": 12, "in_channels": 16,
+              "out_channels": 16, "text_dim": TEXT_DIM, "freq_dim": 256, "ffn_dim": 32, "num_layers": 2,
+              "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "rope_max_seq_len": 32}
+    return WanTransformer3DModel(**{**config, **overrides})
+
+
 def finish(pipe: DiffusionPipeline) -> DiffusionPipeline:
     """Put the pipeline in its test state: eval mode, no progress bars."""
     for component in pipe.components.values():
@@ -94,3 +108,16 @@ def image(size: int = IMAGE_SIZE) -> dict[str, Any]:
 
 def embeds(batch: int, rng: torch.Generator) -> torch.Tensor:
     return torch.randn(batch, TEXT_SEQ_LEN, TEXT_DIM, generator=rng)
+
+
+def masked_embedding_arguments(batch: int, rng: torch.Generator, scale: float, seed: int,
+                               size: int = IMAGE_SIZE) -> dict[str, Any]:
+    """Call arguments of the T5-style pipelines (PixArt, Sana): prompt and negative embeddings with attention masks."""
+    mask = torch.ones(batch, TEXT_SEQ_LEN, dtype=torch.long)
+    mask[:, TEXT_SEQ_LEN // 2 :] = 0  # padded tail, as a real T5 prompt would have
+    return image(size) | {
+        "prompt_embeds": embeds(batch, rng), "prompt_attention_mask": mask,
+        "negative_prompt": None,  # the default "" would clash with negative_prompt_embeds
+        "negative_prompt_embeds": embeds(batch, rng), "negative_prompt_attention_mask": mask.clone(),
+        "guidance_scale": scale, "use_resolution_binning": False,
+    }

@@ -21,9 +21,9 @@ import importlib
 from functools import partial
 from typing import Any
 
-import diffusers
 import torch
 from diffusers import (
+    AutoencoderKLQwenImage,
     DDIMScheduler,
     DiffusionPipeline,
     DiTPipeline,
@@ -34,11 +34,14 @@ from diffusers import (
     PixArtAlphaPipeline,
     PixArtSigmaPipeline,
     PixArtTransformer2DModel,
+    QwenImagePipeline,
+    QwenImageTransformer2DModel,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
+    WanPipeline,
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -54,9 +57,21 @@ from .components import (
     embeds,
     finish,
     image,
+    masked_embedding_arguments,
     small_vae,
     text_config,
     tiny_tokenizer,
+    wan_transformer,
+    wan_vae,
+)
+from .tiny_more import (
+    hidream_arguments,
+    tiny_hidream,
+    tiny_kolors,
+    tiny_sana,
+    tiny_wan22,
+    tiny_wan_i2v,
+    wan_i2v_arguments,
 )
 
 # The UNet settings SD and SDXL share: two levels of widths 16 and 32 over the 8 x 8 latents.
@@ -264,24 +279,16 @@ def wan_like(width: int = 128, layers: int = 4, seed: int = 0, device: str = "cp
     over tiny_wan's VAE (8× spatial, 4× temporal downsampling)."""
     torch.manual_seed(seed)
     pipe = tiny_wan(seed)
-    transformer = diffusers.WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=8, attention_head_dim=width // 8, in_channels=16, out_channels=16,
-        text_dim=TEXT_DIM, freq_dim=256, ffn_dim=4 * width, num_layers=layers, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=1024)
-    return finish(diffusers.WanPipeline(**{**pipe.components, "transformer": transformer.eval()})).to(device)
+    transformer = wan_transformer(num_attention_heads=8, attention_head_dim=width // 8, ffn_dim=4 * width,
+                                  num_layers=layers, rope_max_seq_len=1024)
+    return finish(WanPipeline(**{**pipe.components, "transformer": transformer.eval()})).to(device)
 
 
-def tiny_wan(seed: int = 0) -> DiffusionPipeline:
+def tiny_wan(seed: int = 0) -> WanPipeline:
     """Tiny Wan 2.1 pipeline (video DiT on 5-D latents, flow matching) without text encoder: call it with embeddings.
     The configuration facts are diffusers' own test suite's (tests/pipelines/wan/test_wan.py)."""
     torch.manual_seed(seed)
-    vae = diffusers.AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True])
-    transformer = diffusers.WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
-        text_dim=TEXT_DIM, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
-    pipe = diffusers.WanPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer,
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=wan_vae(), transformer=wan_transformer(),
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0))
     return finish(pipe)
 
@@ -290,12 +297,12 @@ def tiny_qwenimage(seed: int = 0) -> DiffusionPipeline:
     """Tiny Qwen-Image pipeline (MMDiT on packed tokens, flow matching, true CFG) without text encoder: call it with
     embeddings and masks. The configuration facts are diffusers' own test suite's (tests/pipelines/qwenimage)."""
     torch.manual_seed(seed)
-    transformer = diffusers.QwenImageTransformer2DModel(
+    transformer = QwenImageTransformer2DModel(
         patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=3,
         joint_attention_dim=TEXT_DIM, guidance_embeds=False, axes_dims_rope=(8, 4, 4))
-    vae = diffusers.AutoencoderKLQwenImage(base_dim=4 * 6, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
+    vae = AutoencoderKLQwenImage(base_dim=4 * 6, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
                                  temperal_downsample=[False, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
-    pipe = diffusers.QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None,
+    pipe = QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None,
                              tokenizer=None, transformer=transformer)
     return finish(pipe)
 
@@ -311,6 +318,11 @@ BUILDERS: dict[str, Any] = {
     "pixart_sigma": partial(tiny_pixart, sigma=True),
     "dit": tiny_dit,
     "wan": tiny_wan,
+    "wan22": tiny_wan22,
+    "wan_i2v": tiny_wan_i2v,
+    "sana": tiny_sana,
+    "kolors": tiny_kolors,
+    "hidream": tiny_hidream,
     "qwenimage": tiny_qwenimage,
 }
 
@@ -330,17 +342,6 @@ def _class_arguments(batch: int, rng: torch.Generator, scale: float, seed: int) 
 def _prompt_arguments(batch: int, rng: torch.Generator, scale: float, seed: int) -> dict[str, Any]:
     prompts = [PROMPT_WORDS[(seed + i) % len(PROMPT_WORDS)] for i in range(batch)]
     return image() | {"prompt": prompts, "negative_prompt": ["blurry"] * batch, "guidance_scale": scale}
-
-
-def _pixart_arguments(batch: int, rng: torch.Generator, scale: float, seed: int) -> dict[str, Any]:
-    mask = torch.ones(batch, TEXT_SEQ_LEN, dtype=torch.long)
-    mask[:, TEXT_SEQ_LEN // 2 :] = 0  # padded tail, as a real T5 prompt would have
-    return image() | {
-        "prompt_embeds": embeds(batch, rng), "prompt_attention_mask": mask,
-        "negative_prompt": None,  # the default "" would clash with negative_prompt_embeds
-        "negative_prompt_embeds": embeds(batch, rng), "negative_prompt_attention_mask": mask.clone(),
-        "guidance_scale": scale, "use_resolution_binning": False,
-    }
 
 
 def _pooled_arguments(batch: int, rng: torch.Generator, scale: float, seed: int) -> dict[str, Any]:
@@ -378,10 +379,15 @@ CALL_ARGUMENTS: dict[str, Any] = {
     "sd3": _pooled_arguments,
     "sd35": _pooled_arguments,
     "flux": _flux_arguments,
-    "pixart": _pixart_arguments,
-    "pixart_sigma": _pixart_arguments,
+    "pixart": masked_embedding_arguments,
+    "pixart_sigma": masked_embedding_arguments,
     "dit": _class_arguments,
     "wan": _wan_arguments,
+    "wan22": _wan_arguments,
+    "wan_i2v": wan_i2v_arguments,
+    "sana": partial(masked_embedding_arguments, size=2 * IMAGE_SIZE),  # Sana needs multiples of 32
+    "kolors": _pooled_arguments,
+    "hidream": hidream_arguments,
     "qwenimage": _qwenimage_arguments,
 }
 
