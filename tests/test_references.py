@@ -169,3 +169,29 @@ def test_icg_and_tsg_combined_change_condition_and_time_embedding() -> None:
     delta = [out[2:] - out[:2] for _, _, out in captures[1].seen]
     assert all(d.abs().max() > 0 for d in delta)
     labels.close()
+
+
+def test_icg_prompt_on_wan_uses_its_own_text_encoding() -> None:
+    """Wan: ICG's reference rows carry random prompts encoded by the pipeline's UMT5 encoder at the call's length
+    (the conditional call carries the reference rows; no negative call runs)."""
+    from guidance.pipelines.adapters.base import RANDOM_PROMPTS
+    from guidance.pipelines.testing.components import t5_text_encoder, tiny_tokenizer
+
+    base = tiny_pipeline("wan")
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(0)
+    pipe = type(base)(**{**base.components, "tokenizer": tokenizer,
+                         "text_encoder": t5_text_encoder(tokenizer, multilingual=True)})
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = strip_scales(tiny_call_kwargs("wan", batch=2, seed=0))
+    length = kwargs["prompt_embeds"].shape[1]
+    bank, _ = pipe.encode_prompt(list(RANDOM_PROMPTS), do_classifier_free_guidance=False, max_sequence_length=length)
+    text = Capture(pipe.transformer.condition_embedder.text_embedder)
+    stats: dict = {}
+    guidance.run(pipe, {"scale": 4.0, "reference": {"name": "icg", "source": "prompt"}}, stats=stats, **kwargs)
+    assert stats["denoiser_calls"] == 4 and stats["denoiser_rows"] == 16
+    for args, _, _ in text.seen:
+        assert torch.allclose(args[0][:2], kwargs["prompt_embeds"])
+        for row in args[0][2:]:
+            assert any(torch.allclose(row, candidate, atol=1e-6) for candidate in bank)
+    text.close()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from guidance.errors import GuidanceError
@@ -47,3 +48,10 @@ class WanAdapter(SeparateCallsAdapter):
 
     def time_embedders(self) -> list[nn.Module]:
         return [denoiser.condition_embedder.time_embedder for denoiser in self.denoisers]
+
+    def encode_prompts(self, prompts: list[str], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """ICG's prompt bank through the pipeline's own UMT5 encoding, padded to the call's text length."""
+        embeds, _ = self.pipe.encode_prompt(
+            prompt=prompts, do_classifier_free_guidance=False, num_videos_per_prompt=1,
+            max_sequence_length=like["encoder_hidden_states"].shape[1], device=self.pipe._execution_device)
+        return {"encoder_hidden_states": embeds}
