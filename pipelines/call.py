@@ -16,33 +16,41 @@ Rows = slice | torch.Tensor
 Path = tuple[str, ...]
 
 
-def _take(value: Any, rows: Rows, batch: int, skip: frozenset[str], dims: Mapping[str, int], key: str = "") -> Any:
+def _take(value: Any, rows: Rows, batch: int, skip: frozenset[str], dims: Mapping[str, int], key: str = "",
+          lists: frozenset[str] = frozenset()) -> Any:
     """`value` with every batch-sized tensor in it (also inside mappings, lists and tuples: ControlNet residuals,
-    IP-Adapter image embeds) cut to `rows`; a tensor under a key of `dims` has its batch in that dimension."""
+    IP-Adapter image embeds) cut to `rows`; a tensor under a key of `dims` has its batch in that dimension; a list
+    under a key of `lists` holds one entry per row."""
     if key in skip:
         return value
+    if key in lists and isinstance(value, list):
+        return value[rows] if isinstance(rows, slice) else [value[i] for i in rows.tolist()]
     if isinstance(value, torch.Tensor):
         dim = dims.get(key, 0)
         if value.ndim > dim and value.shape[dim] == batch:
             return value[(slice(None),) * dim + (rows,)] if isinstance(rows, slice) else value.index_select(dim, rows)
         return value
     if isinstance(value, Mapping):
-        return {k: _take(v, rows, batch, skip, dims, k) for k, v in value.items()}
+        return {k: _take(v, rows, batch, skip, dims, k, lists) for k, v in value.items()}
     if type(value) in (list, tuple):
         return type(value)(_take(v, rows, batch, skip, dims) for v in value)
     return value
 
 
-def _concat(parts: list[Any], skip: frozenset[str], dims: Mapping[str, int], batch: int, key: str = "") -> Any:
-    """The calls' arguments joined row-wise: batch-sized tensors concatenated, everything else from the first."""
+def _concat(parts: list[Any], skip: frozenset[str], dims: Mapping[str, int], batch: int, key: str = "",
+            lists: frozenset[str] = frozenset()) -> Any:
+    """The calls' arguments joined row-wise: batch-sized tensors and per-row lists (`lists`) concatenated, everything
+    else from the first."""
     first = parts[0]
     if key in skip:
         return first
+    if key in lists and isinstance(first, list):
+        return [entry for part in parts for entry in part]
     dim = dims.get(key, 0)
     if isinstance(first, torch.Tensor) and first.ndim > dim and first.shape[dim] == batch:
         return torch.cat(parts, dim=dim)
     if isinstance(first, Mapping):
-        return {k: _concat([p[k] for p in parts], skip, dims, batch, k) for k in first}
+        return {k: _concat([p[k] for p in parts], skip, dims, batch, k, lists) for k in first}
     if type(first) in (list, tuple):
         return type(first)(_concat(list(items), skip, dims, batch) for items in zip(*parts, strict=True))
     return first
@@ -73,17 +81,26 @@ class DenoiserCall:
     the call layout it was compiled for). `skip`: arguments never cut to rows; `batch_dims`: arguments whose batch
     is not their first dimension (HiDream's stacked Llama states: layer first), by name. `prepare`: turns the
     arguments, kept with one row per sample, into those the denoiser takes (None: as they are; see
-    Adapter.per_sample)."""
+    Adapter.per_sample). `lists`: arguments that are lists of one tensor per row (Z-Image's caption features, of
+    different lengths). `finish`: turns the denoiser's output into the form guidance reads (None: as it is)."""
 
     def __init__(self, arguments: dict[str, Any], sample_name: str, skip: frozenset[str] = frozenset(),
                  positional: tuple[str, ...] = (), batch_dims: Mapping[str, int] | None = None,
-                 prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+                 prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 lists: frozenset[str] = frozenset(), finish: Callable[[Any], Any] | None = None) -> None:
         self.arguments = arguments
         self.sample_name = sample_name
         self.skip = skip
         self.positional = positional
         self.batch_dims = batch_dims or {}
         self.prepare = prepare
+        self.lists = lists
+        self.finish = finish
+
+    def with_arguments(self, arguments: dict[str, Any]) -> DenoiserCall:
+        """A call of the same layout (sample name, skipped, positional, batch dims, prepare, lists, finish)."""
+        return DenoiserCall(arguments, self.sample_name, self.skip, self.positional, self.batch_dims, self.prepare,
+                            self.lists, self.finish)
 
     @classmethod
     def bind(cls, signature: inspect.Signature, args: tuple, kwargs: dict[str, Any],
@@ -111,15 +128,14 @@ class DenoiserCall:
 
     def take(self, rows: Rows) -> DenoiserCall:
         """The call restricted to `rows` (a slice gives views, an index tensor copies)."""
-        return DenoiserCall(_take(self.arguments, rows, self.batch, self.skip, self.batch_dims), self.sample_name,
-                            self.skip, self.positional, self.batch_dims, self.prepare)
+        return self.with_arguments(_take(self.arguments, rows, self.batch, self.skip, self.batch_dims,
+                                         lists=self.lists))
 
     @staticmethod
     def concat(calls: list[DenoiserCall]) -> DenoiserCall:
         first = calls[0]
-        arguments = _concat([c.arguments for c in calls], first.skip, first.batch_dims, first.batch)
-        return DenoiserCall(arguments, first.sample_name, first.skip, first.positional, first.batch_dims,
-                            first.prepare)
+        return first.with_arguments(_concat([c.arguments for c in calls], first.skip, first.batch_dims, first.batch,
+                                            lists=first.lists))
 
     def get(self, path: Path) -> Any:
         value: Any = self.arguments
@@ -142,7 +158,8 @@ class DenoiserCall:
     def run(self, forward: Callable[..., Any]) -> Any:
         arguments = self.arguments if self.prepare is None else self.prepare(self.arguments)
         keywords = {k: v for k, v in arguments.items() if k not in self.positional}
-        return forward(*(arguments[name] for name in self.positional), **keywords)
+        out = forward(*(arguments[name] for name in self.positional), **keywords)
+        return out if self.finish is None else self.finish(out)
 
 
 @dataclass

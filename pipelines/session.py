@@ -245,7 +245,7 @@ class Session:
     def _locate(self, call: DenoiserCall) -> None:
         """First denoiser call of a run: find the step (img2img starts late) and reset batch-sized state."""
         run = self.current_run
-        t = self.adapter.scheduler_timestep(float(call.get(self.adapter.timestep_field).flatten()[0]))
+        t = self.adapter.scheduler_timestep(self.adapter.call_time(call.get(self.adapter.timestep_field)))
         run.step = min(range(len(run.table)), key=lambda k: abs(run.table.timesteps[k] - t))
         run.batch_size, run.rows_before = self.adapter.batch_size(call), self._rows
         run.tokens = self.adapter.generated_tokens(call)

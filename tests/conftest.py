@@ -25,11 +25,13 @@ def denoisers(pipe) -> list[torch.nn.Module]:
 
 def first_layer(pipe, denoiser: torch.nn.Module | None = None) -> torch.nn.Module:
     """The first layer of the pipeline's (first) denoiser: every evaluated row passes it exactly once (AnimateDiff's
-    motion UNet folds the frames into the batch after its time embedding, so its rows are counted there)."""
+    motion UNet folds the frames into the batch after its time embedding, so its rows are counted there; Z-Image's
+    patch embedder sees the samples' tokens concatenated, so its rows are counted at its time embedder)."""
     denoiser = denoisers(pipe)[0] if denoiser is None else denoiser
     if type(denoiser).__name__ == "UNetMotionModel":
         return denoiser.time_embedding
-    for name in ("conv_in", "x_embedder", "patch_embedding", "img_in", "pos_embed", "patch_embed", "proj_in"):
+    for name in ("conv_in", "x_embedder", "patch_embedding", "img_in", "pos_embed", "patch_embed", "proj_in",
+                 "t_embedder"):
         if hasattr(denoiser, name):
             return getattr(denoiser, name)
 

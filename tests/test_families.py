@@ -41,7 +41,9 @@ class Facts:
     leading input channels that are x_t (condition channels follow); negated: the pipeline negates the denoiser's
     output before combining (Lumina 2: its transformer runs time the other way and predicts x0 − n); after: the
     pipeline's own change to the combined prediction; tokens: the leading tokens of the sequence the pipeline keeps
-    (Kontext: the input image's tokens follow them and are dropped)."""
+    (Kontext: the input image's tokens follow them and are dropped); squeezed: a singleton dim of the denoiser's
+    input and output the pipeline drops before its scheduler step (Z-Image: its frame dim 2). Z-Image's denoiser takes
+    and returns lists of per-sample tensors; they are stacked here."""
 
     protocol: str
     prediction: str
@@ -51,6 +53,7 @@ class Facts:
     negated: bool = False
     after: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     tokens: int | None = None
+    squeezed: int | None = None
 
 
 FACTS = {
@@ -77,6 +80,9 @@ FACTS = {
     "flux2_klein": Facts("separate", "flow"),
     "chroma": Facts("separate", "flow"),
     "lumina2": Facts("separate", "flow", after=norm_rescale, negated=True),
+    # [cond; uncond] (`prompt_embeds + negative_prompt_embeds`), output x0 − n negated before the step, frame dim
+    # dropped (`noise_pred.squeeze(2)`); cfg_normalization is off in these calls
+    "zimage": Facts("doubled", "flow", cond_first=True, negated=True, squeezed=2),
 }
 
 
@@ -117,13 +123,15 @@ class Recorder:
 def native(call: tuple[torch.nn.Module, tuple, dict]) -> torch.Tensor:
     denoiser, args, kwargs = call
     with torch.no_grad():
-        return denoiser(*args, **{**kwargs, "return_dict": False})[0].double()
+        out = denoiser(*args, **{**kwargs, "return_dict": False})[0]
+    return (torch.stack(out) if isinstance(out, list) else out).double()
 
 
 def input_of(call: tuple[torch.nn.Module, tuple, dict]) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_t, timestep) the pipeline passed to its denoiser."""
     _, args, kwargs = call
     x = kwargs.get("hidden_states", kwargs.get("sample", args[0] if args else None))
+    x = torch.stack(x) if isinstance(x, list) else x
     return x.double(), kwargs.get("timestep", args[1] if len(args) > 1 else None)
 
 
@@ -203,6 +211,8 @@ def test_apg_in_x0_space_matches_hand_formula(family: str) -> None:
         if facts.after is not None:
             expected = facts.after(cond, expected)
         got = guided[:B].double()
+        if facts.squeezed is not None:
+            got = got.unsqueeze(facts.squeezed)
         if facts.channels:
             got = got[:, :facts.channels]
         # compared as x̂0, where APG acts: the output space divides float32 rounding by s (ε at the last step)

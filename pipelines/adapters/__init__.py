@@ -25,13 +25,14 @@ from .sana import SanaAdapter
 from .sd3 import SD3Adapter
 from .unet import ClassConditionalAdapter, SDXLAdapter, UNetAdapter
 from .wan import WanAdapter
+from .zimage import ZImageAdapter
 
 SUPPORTED = ("StableDiffusionPipeline (1.x/2.x)", "StableDiffusionXLPipeline", "KolorsPipeline",
              "StableDiffusion3Pipeline", "FluxPipeline", "FluxKontextPipeline",
              "Flux2Pipeline (guidance-distilled: no uncond)", "Flux2KleinPipeline", "ChromaPipeline", "Lumina2Pipeline",
              "PixArtAlphaPipeline", "PixArtSigmaPipeline", "SanaPipeline", "HiDreamImagePipeline", "DiTPipeline",
              "QwenImagePipeline", "WanPipeline and WanImageToVideoPipeline (Wan 2.1; Wan 2.2 with both experts)",
-             "LTXPipeline", "HunyuanVideoPipeline", "CogVideoXPipeline", "AnimateDiffPipeline",
+             "ZImagePipeline", "LTXPipeline", "HunyuanVideoPipeline", "CogVideoXPipeline", "AnimateDiffPipeline",
              "guidance.pipelines.ClassConditionalPipeline (the digits model, the analytic mixture)",
              "other class-conditional UNet2DModel pipelines that call unet(x, t, class_labels=...) on a [null; cond] "
              "batch")
@@ -44,7 +45,8 @@ _BY_TRANSFORMER = {"FluxTransformer2DModel": FluxAdapter, "SD3Transformer2DModel
                    "CogVideoXTransformer3DModel": CogVideoXAdapter,
                    "Flux2Transformer2DModel": Flux2Adapter, "ChromaTransformer2DModel": ChromaAdapter,
                    "Lumina2Transformer2DModel": Lumina2Adapter,
-                   "SanaTransformer2DModel": SanaAdapter, "HiDreamImageTransformer2DModel": HiDreamAdapter}
+                   "SanaTransformer2DModel": SanaAdapter, "HiDreamImageTransformer2DModel": HiDreamAdapter,
+                   "ZImageTransformer2DModel": ZImageAdapter}
 # Pipelines that share a denoiser class with another family but call it their own way.
 _BY_PIPELINE = {"FluxKontextPipeline": FluxKontextAdapter, "Flux2KleinPipeline": Flux2KleinAdapter}
 

@@ -108,6 +108,10 @@ class Adapter:
                 "scale: 3}]."
             )
 
+    def call_time(self, timestep: torch.Tensor) -> float:
+        """The time of a denoiser call, from its timestep argument (one per row, or one per token): the first entry."""
+        return float(timestep.flatten()[0])
+
     def scheduler_timestep(self, timestep: float) -> float:
         """The scheduler's timestep for the time the pipeline passed its denoiser."""
         return timestep * self.timestep_scale
@@ -117,6 +121,11 @@ class Adapter:
         pipeline drops from the output): how many leading tokens are generated. None: all of them. Guidance acts on
         those tokens only; the others pass through from the conditional output."""
         return None
+
+    def after_combination(self, cond: torch.Tensor, guided: torch.Tensor) -> torch.Tensor:
+        """What the pipeline does to its combined prediction after combining the branches, applied to g here so that
+        the pipeline's own line yields g (the identity where it does nothing)."""
+        return guided
 
     def end_step(self, run: Run) -> None:
         """Called after the scheduler's step: raise if the step's calls did not complete the protocol."""

@@ -70,5 +70,5 @@ class DoubledBatchAdapter(Adapter):
             cond, reference_prediction = outputs[0][cond_rows], outputs[0][reference_rows]
         else:
             cond, reference_prediction = outputs[0], outputs[1] if samples else None
-        guided = session.guide(w, x, cond, reference_prediction, samples, terms)
+        guided = self.after_combination(cond, session.guide(w, x, cond, reference_prediction, samples, terms))
         return with_first_output(out, torch.cat([guided, guided]))

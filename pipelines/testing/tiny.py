@@ -394,7 +394,7 @@ CALL_ARGUMENTS: dict[str, Any] = {
 
 # The families built in group modules, each with its own BUILDERS and CALL_ARGUMENTS tables. A group whose diffusers
 # classes the installed diffusers lacks (older than the group's newest family) is left out.
-GROUPS = ("tiny_video", "tiny_flux_variants")
+GROUPS = ("tiny_video", "tiny_flux_variants", "tiny_zimage")
 for _group in GROUPS:
     try:
         _module = importlib.import_module(f".{_group}", __package__)
