@@ -198,9 +198,15 @@ class RowView:
         self._replace_rows(self.adapter.class_field, labels)
 
     def embeddings(self) -> dict[str, torch.Tensor]:
-        """The rows' condition embeddings by field, batch first."""
-        found = {"/".join(p): (self.call.get(p), self._dim(p)) for p in self.adapter.embedding_fields}
-        found = {k: v.movedim(dim, 0)[self.rows] for k, (v, dim) in found.items() if isinstance(v, torch.Tensor)}
+        """The rows' condition embeddings by field, batch first. A per-row list field (DenoiserCall `lists`: entries of
+        different lengths) is given row by row, as `field/<row>` with a batch of one."""
+        found: dict[str, torch.Tensor] = {}
+        for path in self.adapter.embedding_fields:
+            value, key = self.call.get(path), "/".join(path)
+            if path[-1] in self.call.lists and isinstance(value, list):
+                found.update({f"{key}/{i}": value[i].unsqueeze(0) for i in range(self.rows.start, self.rows.stop)})
+            elif isinstance(value, torch.Tensor):
+                found[key] = value.movedim(self._dim(path), 0)[self.rows]
         if not found:
             fields = ", ".join("/".join(p) for p in self.adapter.embedding_fields) or "none"
             raise GuidanceError(f"ICG found no condition embedding in the {type(self.pipe).__name__} denoiser call "
@@ -210,7 +216,14 @@ class RowView:
 
     def set_embeddings(self, embeddings: dict[str, torch.Tensor]) -> None:
         for key, value in embeddings.items():
-            self._replace_rows(tuple(key.split("/")), value)
+            path = tuple(key.split("/"))
+            if len(path) > 1 and path[-2] in self.call.lists:  # one row of a per-row list field
+                entries = list(self.call.get(path[:-1]))
+                row = int(path[-1])
+                entries[row] = value[0].to(entries[row].device, entries[row].dtype)
+                self.call.set(path[:-1], entries)
+            else:
+                self._replace_rows(path, value)
 
     def prompt_bank(self) -> dict[str, torch.Tensor]:
         return self.adapter.prompt_bank(self.pipe, self.embeddings())

@@ -371,7 +371,8 @@ class Session:
                            None if reference is None else prediction(reference), samples, self.telemetry,
                            term_inputs)
         if self._correction is not None and step.reference is not None:
-            run.correction = (step.reference, step.prediction)
+            run.correction = (self.adapter.scheduler_prediction(step.reference),
+                              self.adapter.scheduler_prediction(step.prediction))
         self._record(w, step)
         guided = self.adapter.with_prediction(generated(cond), step.prediction)
         return guided if tokens is None else torch.cat([guided, cond[:, tokens:]], dim=1)

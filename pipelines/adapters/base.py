@@ -130,6 +130,10 @@ class Adapter:
     def end_step(self, run: Run) -> None:
         """Called after the scheduler's step: raise if the step's calls did not complete the protocol."""
 
+    def scheduler_prediction(self, prediction: torch.Tensor) -> torch.Tensor:
+        """A prediction (scheduler sign) in the layout the pipeline hands its scheduler (CFG++'s correction)."""
+        return prediction
+
     def scheduler_batch(self, latents: torch.Tensor, rows: int) -> torch.Tensor:
         """The B-sample latents as the `rows`-row batch the pipeline steps through its scheduler."""
         return latents

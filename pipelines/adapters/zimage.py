@@ -15,8 +15,9 @@ flow matching, on a doubled batch [cond; uncond] (`prompt_embeds + negative_prom
   since the pipeline caps the returned g once more against itself, divides by c where c < 1 so that cap gives g.
 - `cfg_truncation` < 1 drops the negative rows on the late steps (a batch of the conditional rows only): refused,
   a schedule (interval, steps) ends guidance instead.
-- icg is refused (the caption features are per-sample lists of different lengths); seg is refused (the queries of
-  the image, caption and padding tokens share one sequence, which is no 2-D token grid). pag and stg's attention
+- icg (gaussian) draws each row's caption features with that row's own statistics (RowView gives a list field row by
+  row); its `prompt` source is not implemented (no list-valued prompt bank). seg is refused (the queries of the
+  image, caption and padding tokens share one sequence, which is no 2-D token grid). pag and stg's attention
   mode work: the identity attention of Z-Image's processor is the value path `to_out(to_v(x))`.
 - ZImageOmniPipeline (nested lists of images per sample) is refused.
 """
@@ -24,7 +25,7 @@ flow matching, on a doubled batch [cond; uncond] (`prompt_embeds + negative_prom
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,9 +34,6 @@ from guidance.errors import GuidanceError
 
 from ..call import DenoiserCall, first_output, with_first_output
 from .doubled import DoubledBatchAdapter
-
-if TYPE_CHECKING:
-    from guidance.spec import Guidance
 
 TIME_SCALE = 1000.0  # the pipeline's `t = (1000 - timestep) / 1000`
 
@@ -55,20 +53,13 @@ class ZImageAdapter(DoubledBatchAdapter):
     cond_first = True
     negated = True
     timestep_field = ("t",)
-    embedding_fields = ()
+    embedding_fields = (("cap_feats",),)
     block_lists = ("layers",)
     skip_layers = (15,)  # our choice: the middle of Z-Image's 30 main layers (as Lumina 2's 13 of 26)
 
     def __init__(self, pipe: Any) -> None:
         super().__init__(pipe)
         self.normalization = 0.0
-
-    def check_guidance(self, guidance: Guidance) -> None:
-        if "icg" in (guidance.reference.name, *(term.reference.name for term in guidance.terms)):
-            raise GuidanceError(
-                "icg cannot draw conditions for ZImagePipeline: its transformer takes the caption features as a list "
-                "of per-sample tensors of different lengths, which icg's per-sample statistics do not cover. Use "
-                "reference uncond or tsg, or slg/pag terms.")
 
     def per_sample(self, call: DenoiserCall) -> DenoiserCall:
         x = call.arguments.get("x")
@@ -106,6 +97,9 @@ class ZImageAdapter(DoubledBatchAdapter):
         if c < 1.0:  # the pipeline caps the returned g again at c·‖g‖
             factor = factor / c
         return (pred * factor.view(-1, *[1] * (pred.ndim - 1))).to(guided.dtype)
+
+    def scheduler_prediction(self, prediction: torch.Tensor) -> torch.Tensor:
+        return prediction.squeeze(2)  # the pipeline's `noise_pred.squeeze(2)`: the frame dim of (B, C, 1, H, W)
 
     def scheduler_timestep(self, timestep: float) -> float:
         return (1.0 - timestep) * TIME_SCALE
