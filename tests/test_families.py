@@ -68,6 +68,8 @@ FACTS = {
     "wan": Facts("separate", "flow"),
     "wan22": Facts("separate", "flow"),
     "wan_i2v": Facts("separate", "flow", inputs=16),  # noisy latents, then the frame mask and the encoded image
+    "wan22_5b": Facts("separate", "flow"),  # one time per token
+    "wan22_5b_i2v": Facts("separate", "flow"),  # x_t with the encoded first frame in place of its latents (time 0)
     "sana": Facts("doubled", "flow"),
     "kolors": Facts("doubled", "epsilon"),
     "hidream": Facts("doubled", "flow", negated=True),

@@ -22,8 +22,8 @@ from conftest import strip_scales
 B = 2
 N = 5
 # families whose pipelines run the prompt and the negative prompt as two denoiser calls (read from their code)
-SEPARATE_CALLS = ("flux", "wan", "wan22", "wan_i2v", "qwenimage", "hunyuanvideo", "flux_kontext", "flux2_klein",
-                  "chroma", "lumina2")
+SEPARATE_CALLS = ("flux", "wan", "wan22", "wan_i2v", "wan22_5b", "wan22_5b_i2v", "qwenimage", "hunyuanvideo",
+                  "flux_kontext", "flux2_klein", "chroma", "lumina2")
 RECORD_KEYS = {"t", "sigma", "w", "cosine", "delta_norm", "branches", "reference_rows", "denoiser_rows"}
 
 

@@ -3,8 +3,11 @@ WanImageToVideoPipeline): a video DiT on 5-D latents (batch, channels, frames, h
 the prompt and the negative prompt as two separate transformer calls per step (the separate-calls protocol), combined
 as `uncond + s·(cond − uncond)` and handed to the scheduler unchanged.
 
-- Time: the transformer's `timestep` is the scheduler's timestep (with `expand_timesteps`, one per token).
-  The time embedding is `transformer.condition_embedder.time_embedder`; the main block list is `transformer.blocks`.
+- Time: the transformer's `timestep` is the scheduler's timestep. With `expand_timesteps` (Wan 2.2 TI2V-5B) it is
+  one time per token, (batch, tokens), and for image-to-video the conditioning first frame's tokens have time 0
+  (their input is the clean encoded image): the step's time is the largest (`call_time`). The time embedding is
+  `transformer.condition_embedder.time_embedder` (per token there: (batch, tokens, width)); the main block list is
+  `transformer.blocks`.
 - Wan 2.2's two experts: with `transformer_2` and the config's `boundary_ratio`, the steps with
   t ≥ boundary_ratio·num_train_timesteps run `transformer` at `guidance_scale`, the others `transformer_2` at
   `guidance_scale_2`. Both experts are routed and both get the terms' perturbations; the spec's schedule `experts`
@@ -39,6 +42,9 @@ class WanAdapter(SeparateCallsAdapter):
         if ratio is None or getattr(self.pipe, "transformer_2", None) is None:
             return None
         return ratio * self.pipe.scheduler.config.num_train_timesteps
+
+    def call_time(self, timestep: torch.Tensor) -> float:
+        return float(timestep.max())
 
     def run_kwargs(self, kwargs: dict[str, Any], needs_pipeline_reference: bool) -> dict[str, Any]:
         if "guidance_scale_2" in kwargs:

@@ -70,7 +70,9 @@ from .tiny_more import (
     tiny_kolors,
     tiny_sana,
     tiny_wan22,
+    tiny_wan22_5b,
     tiny_wan_i2v,
+    wan22_5b_arguments,
     wan_i2v_arguments,
 )
 
@@ -320,6 +322,8 @@ BUILDERS: dict[str, Any] = {
     "wan": tiny_wan,
     "wan22": tiny_wan22,
     "wan_i2v": tiny_wan_i2v,
+    "wan22_5b": tiny_wan22_5b,
+    "wan22_5b_i2v": partial(tiny_wan22_5b, image_to_video=True),
     "sana": tiny_sana,
     "kolors": tiny_kolors,
     "hidream": tiny_hidream,
@@ -385,6 +389,8 @@ CALL_ARGUMENTS: dict[str, Any] = {
     "wan": _wan_arguments,
     "wan22": _wan_arguments,
     "wan_i2v": wan_i2v_arguments,
+    "wan22_5b": wan22_5b_arguments,
+    "wan22_5b_i2v": partial(wan22_5b_arguments, image_to_video=True),
     "sana": partial(masked_embedding_arguments, size=2 * IMAGE_SIZE),  # Sana needs multiples of 32
     "kolors": _pooled_arguments,
     "hidream": hidream_arguments,

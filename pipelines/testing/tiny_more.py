@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from diffusers import (
     AutoencoderDC,
+    AutoencoderKLWan,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     HiDreamImagePipeline,
@@ -81,6 +82,34 @@ def wan_i2v_arguments(batch: int, rng: torch.Generator, scale: float, seed: int)
     text = {key: torch.randn(batch, WAN_TEXT_LEN, TEXT_DIM, generator=rng)
             for key in ("prompt_embeds", "negative_prompt_embeds")}
     return image() | text | {"image": Image.fromarray(pixels), "num_frames": 5, "guidance_scale": scale}
+
+
+def tiny_wan22_5b(seed: int = 0, image_to_video: bool = False) -> WanPipeline | WanImageToVideoPipeline:
+    """Tiny Wan 2.2 TI2V-5B layout (diffusers' tests/pipelines/wan/test_wan_22_image_to_video.py, its 5B case): one
+    transformer on 48 channels, the 48-channel VAE with 16× spatial compression and `expand_timesteps` — one time
+    per token, the conditioning first frame's tokens at time 0 for image-to-video. Flow-matching Euler at the 5B
+    model's shift 5 (its checkpoint ships UniPC)."""
+    torch.manual_seed(seed)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=48, in_channels=12, out_channels=12, is_residual=True, patch_size=2,
+                           latents_mean=[0.0] * 48, latents_std=[1.0] * 48, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           scale_factor_spatial=16, scale_factor_temporal=4, temperal_downsample=[False, True, True])
+    parts = {"tokenizer": None, "text_encoder": None, "vae": vae, "transformer": wan_transformer(in_channels=48,
+             out_channels=48), "scheduler": FlowMatchEulerDiscreteScheduler(shift=5.0), "expand_timesteps": True}
+    if image_to_video:
+        return finish(WanImageToVideoPipeline(**parts, image_encoder=None, image_processor=None))
+    return finish(WanPipeline(**parts))
+
+
+def wan22_5b_arguments(batch: int, rng: torch.Generator, scale: float, seed: int,
+                       image_to_video: bool = False) -> dict[str, Any]:
+    """32 x 64 pixels and 9 frames: a 3-frame latent video of 2 x 4 latents, 2 tokens per frame; a random first frame
+    for image-to-video."""
+    arguments = {"height": 32, "width": 64, "output_type": "latent", "prompt_embeds": embeds(batch, rng),
+                 "negative_prompt_embeds": embeds(batch, rng), "num_frames": 9, "guidance_scale": scale}
+    if image_to_video:
+        pixels = (torch.rand(32, 64, 3, generator=rng) * 255).to(torch.uint8).numpy()
+        arguments["image"] = Image.fromarray(pixels)
+    return arguments
 
 
 def tiny_sana(seed: int = 0) -> SanaPipeline:
