@@ -286,9 +286,28 @@ class Session:
     def evaluate_groups(self, groups: list[Group]) -> tuple[Any, list[torch.Tensor]]:
         """Evaluate the groups of a step: those on the denoiser in ONE call — each reference prepares its own rows and
         its perturbation touches only them — and those whose reference brings its own network (autoguidance) in a
-        call of that network. Returns the denoiser call's output and each group's output rows."""
+        call of that network; for a family that does not join groups (`Adapter.joins_groups`), each group in a call
+        of its own. Returns the denoiser call's output (the first group's) and each group's output rows."""
+        if len(groups) > 1 and not self.adapter.joins_groups:  # one call per group, as the pipeline runs its prompts
+            evaluated = [self.evaluate_groups([group]) for group in groups]
+            return evaluated[0][0], [outputs[0] for _, outputs in evaluated]
         networks = [self._network_of(g) for g in groups]
         own = [g for g, network in zip(groups, networks, strict=True) if network is None]
+        out, outputs = (self._evaluate_jointly(own) if own else (None, iter(())))
+        results = []
+        for group, network in zip(groups, networks, strict=True):
+            if network is None:
+                results.append(next(outputs))
+                continue
+            self._rows += group.call.batch
+            self._calls += 1
+            network_out = group.call.run(network)
+            out = network_out if out is None else out
+            results.append(first_output(network_out))
+        return out, results
+
+    def _evaluate_jointly(self, own: list[Group]) -> tuple[Any, Any]:
+        """One denoiser call on the rows of `own`; its output and an iterator over each group's output rows."""
         joined = DenoiserCall.concat([g.call for g in own]) if len(own) > 1 else own[0].call
         bounds, start = [], 0
         for group in own:
@@ -315,16 +334,7 @@ class Session:
             for perturbation in active:
                 perturbation.rows = None
         first = first_output(out)
-        outputs = iter([first[rows] for rows in bounds])
-        results = []
-        for group, network in zip(groups, networks, strict=True):
-            if network is None:
-                results.append(next(outputs))
-                continue
-            self._rows += group.call.batch
-            self._calls += 1
-            results.append(first_output(group.call.run(network)))
-        return out, results
+        return out, iter([first[rows] for rows in bounds])
 
     def _network_of(self, group: Group) -> Any:
         perturbation = None if group.reference is None else self._perturbations.get(id(group.reference))

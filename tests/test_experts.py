@@ -86,7 +86,7 @@ def test_terms_perturb_both_experts() -> None:
     for handle in handles:
         handle.remove()
     first = first_expert_steps(pipe)
-    assert first_rows == [3 * B, B] * first and second_rows == [3 * B, B] * (N - first)
+    assert first_rows == [B] * 4 * first and second_rows == [B] * 4 * (N - first)  # cond, slg, tsg, negative
     # each step's 4B rows enter the expert, but block 1 runs for the conditional, tsg and negative rows only
     assert sum(seen[0]) == 3 * B * first and sum(seen[1]) == 3 * B * (N - first)
     assert torch.isfinite(out).all()
@@ -103,7 +103,7 @@ def test_term_schedule_per_expert_turns_the_second_experts_term_off() -> None:
     for handle in handles:
         handle.remove()
     first = first_expert_steps(pipe)
-    assert first_rows == [2 * B, B] * first and second_rows == [B, B] * (N - first)
+    assert first_rows == [B] * 3 * first and second_rows == [B, B] * (N - first)
 
 
 def test_explicit_boundary_on_a_one_expert_pipeline() -> None:

@@ -80,16 +80,18 @@ def test_icg_prompt_on_sd_uses_encoded_random_prompts() -> None:
 
 
 def test_icg_on_flux_needs_no_negative_call() -> None:
-    """ICG's reference rows are built from the conditional call: one batched call of 2B rows per step."""
+    """ICG's reference rows are built from the conditional call and run in a call of their own (B rows, as the
+    pipeline's calls): no negative call."""
     pipe = tiny_pipeline("flux")
     pooled = Capture(pipe.transformer.time_text_embed.text_embedder)
     kwargs = strip_scales(tiny_call_kwargs("flux", batch=2, seed=0))
     stats: dict = {}
     guidance.run(pipe, {"scale": 4.0, "reference": "icg"}, stats=stats, **kwargs)
-    assert stats["denoiser_calls"] == 4 and stats["denoiser_rows"] == 16
-    for args, _, _ in pooled.seen:
-        assert torch.allclose(args[0][:2], kwargs["pooled_prompt_embeds"])
-        assert not torch.allclose(args[0][2:], kwargs["negative_pooled_prompt_embeds"])
+    assert stats["denoiser_calls"] == 8 and stats["denoiser_rows"] == 16
+    for (cond, _, _), (reference, _, _) in zip(pooled.seen[::2], pooled.seen[1::2], strict=True):
+        assert torch.allclose(cond[0], kwargs["pooled_prompt_embeds"])
+        assert not torch.allclose(reference[0], kwargs["pooled_prompt_embeds"])
+        assert not torch.allclose(reference[0], kwargs["negative_pooled_prompt_embeds"])
     pooled.close()
 
 
@@ -173,7 +175,7 @@ def test_icg_and_tsg_combined_change_condition_and_time_embedding() -> None:
 
 def test_icg_prompt_on_wan_uses_its_own_text_encoding() -> None:
     """Wan: ICG's reference rows carry random prompts encoded by the pipeline's UMT5 encoder at the call's length
-    (the conditional call carries the reference rows; no negative call runs)."""
+    (a call of their own after the conditional one; no negative call runs)."""
     from guidance.pipelines.adapters.base import RANDOM_PROMPTS
     from guidance.pipelines.testing.components import t5_text_encoder, tiny_tokenizer
 
@@ -189,9 +191,9 @@ def test_icg_prompt_on_wan_uses_its_own_text_encoding() -> None:
     text = Capture(pipe.transformer.condition_embedder.text_embedder)
     stats: dict = {}
     guidance.run(pipe, {"scale": 4.0, "reference": {"name": "icg", "source": "prompt"}}, stats=stats, **kwargs)
-    assert stats["denoiser_calls"] == 4 and stats["denoiser_rows"] == 16
-    for args, _, _ in text.seen:
-        assert torch.allclose(args[0][:2], kwargs["prompt_embeds"])
-        for row in args[0][2:]:
+    assert stats["denoiser_calls"] == 8 and stats["denoiser_rows"] == 16
+    for (cond, _, _), (reference, _, _) in zip(text.seen[::2], text.seen[1::2], strict=True):
+        assert torch.allclose(cond[0], kwargs["prompt_embeds"])
+        for row in reference[0]:
             assert any(torch.allclose(row, candidate, atol=1e-6) for candidate in bank)
     text.close()

@@ -293,13 +293,14 @@ def test_methods_that_do_not_fit_are_refused_with_the_reason(family: str, refere
 
 
 @pytest.mark.parametrize("family", ["flux", "qwenimage", "flux_kontext", "flux2_klein", "chroma", "lumina2"])
-def test_separate_call_families_take_slg_terms_in_their_conditional_call(family: str, row_counter) -> None:
+def test_separate_call_families_take_slg_terms_in_calls_of_their_own(family: str, row_counter) -> None:
     """Flux, Qwen-Image, Flux Kontext, FLUX.2 Klein, Chroma and Lumina 2 run the prompt and the negative prompt as
-    separate calls: the term's rows join the conditional one, and the term changes the result."""
+    separate calls of B rows: the term's B rows run in a call of their own (peak memory stays the pipeline's), and
+    the term changes the result."""
     pipe = tiny_pipeline(family)
     counter = row_counter(pipe)
     out = guided(pipe, family, {"scale": 4.0, "terms": [{"reference": {"name": "slg", "layers": [1]}, "scale": 2.0}]})
-    assert counter.calls == [4, 2] * 4
+    assert counter.calls == [2, 2, 2] * 4  # the conditional rows, the term's, the negative prompt's
     assert (out - guided(pipe, family, {"scale": 4.0})).abs().max() > 1e-4
 
 
@@ -337,14 +338,14 @@ def test_every_family_has_defaults_or_a_clear_refusal(family: str, reference: st
 
 
 def test_wan_video_takes_skipped_blocks_and_time_perturbation(row_counter) -> None:
-    """Wan 2.1 (5-D video latents, separate calls): an slg term and a tsg term join the conditional call."""
+    """Wan 2.1 (5-D video latents, separate calls): an slg term and a tsg term run in calls of their own."""
     pipe = tiny_pipeline("wan")
     counter = row_counter(pipe)
     spec = {"scale": 4.0, "terms": [{"reference": {"name": "slg", "layers": [1]}, "scale": 2.0},
                                     {"reference": "tsg", "scale": 1.0}]}
     out = guided(pipe, "wan", spec)
     assert out.ndim == 5 and torch.isfinite(out).all()
-    assert counter.calls == [6, 2] * 4
+    assert counter.calls == [2, 2, 2, 2] * 4  # conditional, slg, tsg, negative: B rows per call as the pipeline's
     assert (out - guided(pipe, "wan", {"scale": 4.0})).abs().max() > 1e-4
 
 

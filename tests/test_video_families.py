@@ -1,6 +1,7 @@
 """The video families (LTX-Video, HunyuanVideo, CogVideoX, AnimateDiff): guidance terms join the conditional rows of
-their calls; what cannot work is refused with the reason (LTX-2, CogVideoX's dynamic CFG, attention perturbations
-where the identity attention does not fit)."""
+their calls (HunyuanVideo, which runs its prompts as separate calls: calls of their own); what cannot work is refused
+with the reason (LTX-2, CogVideoX's dynamic CFG, attention perturbations where the identity attention does not
+fit)."""
 
 from __future__ import annotations
 
@@ -20,11 +21,12 @@ def guided(pipe, family: str, spec: dict, **extra) -> torch.Tensor:
     return output_tensor(guidance.run(pipe, spec, **strip_scales(tiny_call_kwargs(family, batch=B)), **extra))
 
 
-@pytest.mark.parametrize(("family", "calls"), [("ltx", [8]), ("cogvideox", [8]), ("hunyuanvideo", [6, 2])])
+@pytest.mark.parametrize(("family", "calls"), [("ltx", [8]), ("cogvideox", [8]), ("hunyuanvideo", [2, 2, 2, 2])])
 def test_skipped_blocks_and_time_perturbation_join_the_conditional_rows(family: str, calls: list[int],
                                                                          row_counter) -> None:
     """An slg term (block 1: for HunyuanVideo the single-stream block, whose streams come back hidden-first) and a
-    tsg term: their B rows each join the call holding the conditional rows, and change the result."""
+    tsg term: their B rows each join the call holding the conditional rows (HunyuanVideo: a call each, as its own
+    calls hold one prompt's rows), and change the result."""
     pipe = tiny_pipeline(family)
     counter = row_counter(pipe)
     spec = {"scale": 4.0, "terms": [{"reference": {"name": "slg", "layers": [1]}, "scale": 2.0},

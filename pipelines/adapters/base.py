@@ -51,6 +51,9 @@ class Adapter:
     block_lists: ClassVar[tuple[str, ...]] = ()  # the denoiser's main block list(s), for slg and stg
     skip_layers: ClassVar[tuple[int, ...]] = ()  # default `layers` of slg and stg
     negated: ClassVar[bool] = False  # the pipeline negates the denoiser's output before its scheduler step
+    # whether a step's row groups (conditional, references, terms) share one denoiser call; False where the pipeline
+    # itself never runs more than one prompt's rows per call, so that peak memory stays the pipeline's own
+    joins_groups: ClassVar[bool] = True
     joint_blocks: ClassVar[bool] = False  # blocks take and return both streams: (encoder_hidden_states, hidden_states)
     hidden_states_first: ClassVar[bool] = False  # joint blocks return (hidden_states, encoder_hidden_states)
     attention_refusal: ClassVar[str] = ""  # why pag, seg and stg's attention mode cannot serve it ("": they can)

@@ -1,7 +1,8 @@
 """The separate-calls call protocol (Flux's true CFG): the pipeline calls the denoiser twice per step, first with
 the prompt, then with the negative prompt, and combines them with `neg + s·(cond − neg)`.
 
-The first call evaluates the conditional rows (plus, for icg/tsg, reference rows built from them in the same call);
+The first call evaluates the conditional rows (and, for icg/tsg and the terms, the reference rows built from them,
+each group in a denoiser call of its own: no call is larger than the pipeline's, so peak memory stays its own);
 for `uncond` the guided prediction needs the second call's output, so the first call's output tensor is kept and,
 when the negative call has run, overwritten IN PLACE with the guided prediction g: the pipeline holds that very
 tensor as its conditional prediction, and the second call returns g too, so `g + s·(g − g)` is exactly g. When the
@@ -48,6 +49,7 @@ class SeparateCallsAdapter(Adapter):
     """A family whose pipeline runs the prompt and the negative prompt as separate denoiser calls."""
 
     calls_per_step = 2
+    joins_groups = False  # the pipeline runs B rows per call, so does guidance (icg, tsg, terms: calls of their own)
 
     @property
     def negative_call(self) -> bool:
