@@ -20,7 +20,8 @@ FrequencyDecoupledGuidance on the raw prediction. With η < 1 the projection is 
 projects the raw prediction (ε, velocity); diffusers also writes the projected update as u + w·Δ (its default
 formulation) instead of the paper's D_c + (w − 1)·Δ, which differs by (1 − η)·Δ∥ as in its APG. And diffusers'
 pyramid pads a grid whose sides are not both powers of two (kornia's pyramid) without cropping the result back,
-so its output has the wrong shape there (e.g. SD-XL's 1216 × 832 latents); this pyramid needs no padding.
+so its output has the wrong shape there (e.g. SD-XL's 1216 × 832 latents); this pyramid needs no padding. A level
+at scale 1 (low_scale 1) keeps D_c's level here, where diffusers' guider appends the previous level's.
 FDG needs an image grid: a (batch, channels, height, width) prediction at least 3·2^(levels − 2) on each side.
 """
 
