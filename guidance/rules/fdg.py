@@ -1,13 +1,14 @@
 """`fdg`: frequency-decoupled guidance, CFG with its own scale for the low and the high frequencies.
 
 Sadat, Vontobel, Salehi, Weber, "Guidance in the Frequency Domain Enables High-Fidelity Sampling at Low CFG
-Scales", 2025 (arXiv 2506.19713), §4 and Algorithms 1–2: the conditional and reference predictions are split
-by a Laplacian pyramid of `levels` levels, ψ(D) = (band₀, …, band_{L−2}, coarse), each level is guided with its
-own scale and the pyramid is collapsed again:
+Scales", 2025 (arXiv 2506.19713), its FDG update (Algorithm 2 as diffusers' guider cites it): the conditional
+and reference predictions are split by a Laplacian pyramid of `levels` levels, ψ(D) = (band₀, …, band_{L−2},
+coarse), each level is guided with its own scale and the pyramid is collapsed again:
   Δ_l = ψ_l(D_c) − ψ_l(D_u);  Δ_l ← Δ_l⊥ + η·Δ_l∥ (APG's projection on ψ_l(D_c), per sample);
   ψ_l(D̂) = ψ_l(D_c) + (w_l − 1)·Δ_l;  D̂ = ψ⁻¹(ψ(D̂)),
 with w_l = `scale` (the high-frequency w) on every band-pass level and `low_scale` on the coarse one. The paper's
-SD-XL setting (its Table 8) is w_high = 10, w_low = 5 with two levels; η = 1 (the default) is no projection.
+SD-XL setting (its Table 8, as diffusers' guider documents it) is w_high = 10, w_low = 5 on two levels;
+η = 1 (the default) is no projection.
 The pyramid is the paper's (and kornia's, which diffusers uses): a 5 × 5 binomial blur with reflected borders,
 bilinear halving (floor) and doubling. Each upsampling goes to the exact size of the finer level, so any height
 and width work and ψ⁻¹(ψ(D)) = D exactly.
@@ -19,9 +20,10 @@ linear and ψ exactly invertible, so it gives the same result in every space and
 FrequencyDecoupledGuidance on the raw prediction. With η < 1 the projection is taken on x̂0 here, where diffusers
 projects the raw prediction (ε, velocity); diffusers also writes the projected update as u + w·Δ (its default
 formulation) instead of the paper's D_c + (w − 1)·Δ, which differs by (1 − η)·Δ∥ as in its APG. And diffusers'
-pyramid pads a grid whose sides are not both powers of two (kornia's pyramid) without cropping the result back,
-so its output has the wrong shape there (e.g. SD-XL's 1216 × 832 latents); this pyramid needs no padding. A level
-at scale 1 (low_scale 1) keeps D_c's level here, where diffusers' guider appends the previous level's.
+pyramid (kornia's) pads a grid unless one side is a power of two and both are divisible by 2^(levels − 1), and
+does not crop the result back, so its output has the wrong shape there (e.g. SD-XL's 1216 × 832 latents); this
+pyramid needs no padding. A level at scale 1 (low_scale 1) keeps D_c's level here, where diffusers' guider
+appends the previous level's.
 FDG needs an image grid: a (batch, channels, height, width) prediction at least 3·2^(levels − 2) on each side.
 """
 

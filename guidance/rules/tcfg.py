@@ -1,19 +1,21 @@
 """`tcfg`: tangential damping classifier-free guidance.
 
-Kwon et al., "TCFG: Tangential Damping Classifier-free Guidance", CVPR 2025 (arXiv 2503.18137), §4 and
-Algorithm 1, per sample: stack the two predictions as the rows of A = [c; u] (2 × d), take its SVD A = U·Σ·Vᵀ,
-keep only the leading right singular vector v₁ (the "normal" direction; the second one is the tangential part
-the unconditional prediction does not share with the conditional one) and damp u to its projection on it,
+Kwon et al., "TCFG: Tangential Damping Classifier-free Guidance", CVPR 2025 (arXiv 2503.18137), the
+tangential damping of the unconditional score by SVD filtering, per sample: stack the two predictions as the
+rows of A = [c; u] (2 × d), take its SVD A = U·Σ·Vᵀ, keep only the leading right singular vector v₁ (the
+"normal" direction; the second is the tangential part the unconditional prediction does not share with the
+conditional one) and damp u to its projection on it,
   u' = ⟨u, v₁⟩·v₁;  D̂ = u' + w·(c − u').
 The right singular vectors lie in span{c, u}: v₁ = Aᵀe₁/σ₁ with e₁ the leading eigenvector of the 2 × 2 Gram
 matrix AAᵀ = [[‖c‖², ⟨c,u⟩], [⟨c,u⟩, ‖u‖²]] and σ₁² its eigenvalue, so u' = (⟨u, Aᵀe₁⟩/σ₁²)·Aᵀe₁ is computed from
-three per-sample dot products in float64, without a d-dimensional SVD (the same v₁; tests/test_tcfg.py checks
+three per-sample dot products in float64, without a d-dimensional SVD (the same v₁; tests/test_tcfg_fdg.py checks
 both against numpy's SVD and diffusers' TangentialClassifierFreeGuidance). When c and u are orthogonal with equal
 norms (or both 0) no direction leads: u is kept and the step is CFG.
 
 Space: the paper's "scores" are the network's noise prediction (the score is −ε/s: a factor common to both rows,
 which leaves v₁ unchanged), so the rule acts on the raw output, as diffusers' guider does; on flow models (SD3 in
-the paper's experiments) that is the velocity the network outputs, also as in diffusers and ComfyUI's node.
+the paper's experiments) that is the velocity the network outputs, also as in diffusers and ComfyUI's node (the
+paper gives no conversion for velocity models; ComfyUI projects ε on VP v-prediction models, this rule v).
 """
 
 from __future__ import annotations
