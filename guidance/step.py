@@ -100,7 +100,8 @@ def _contribution(term: TermInput, point: StepPoint, x: torch.Tensor, cond: torc
                   telemetry: bool) -> tuple[torch.Tensor, TermRecord]:
     """rule_k(c, r_k, 1 + s_k) − c in the prediction type, for all samples, and the term's telemetry."""
     rule = term.term.rule
-    rule_step = RuleStep(index=point.index, samples=slice(None), batch_size=point.batch_size)
+    rule_step = RuleStep(index=point.index, samples=slice(None), batch_size=point.batch_size,
+                         scale=1.0 + term.term.scale)
     reference = term.prediction.to(cond.dtype)
     combined, x0_cond, x0_reference = _combine(rule, 1.0 + term.s, rule_step, point, x, cond, reference, telemetry)
     if rule.space == "x0":  # the difference of two conversions: the affine offset of from_x0 cancels exactly
@@ -138,7 +139,7 @@ def guided_step(spec: Guidance, point: StepPoint, w: float | None, x: torch.Tens
     if guided_main:
         reference = reference.to(cond.dtype)
         need_x0 = telemetry or policy.uses_cosine
-        rule_step = RuleStep(index=index, samples=rows, batch_size=point.batch_size)
+        rule_step = RuleStep(index=index, samples=rows, batch_size=point.batch_size, scale=spec.scale)
         combined, x0_cond, x0_reference = _combine(spec.rule, w, rule_step, point, x[rows], cond[rows], reference,
                                                    need_x0)
         if need_x0:

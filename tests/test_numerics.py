@@ -24,6 +24,8 @@ RULES = {
     "apg": ({"name": "apg"}, W),
     "cfgpp": ({"name": "cfgpp"}, 1.0),  # λ ∈ [0, 1]: 1 is its strongest
     "cfg_zero_star": ({"name": "cfg_zero_star"}, W),
+    "tcfg": ({"name": "tcfg"}, W),
+    "fdg": ({"name": "fdg", "low_scale": 50.0, "eta": 0.0}, W),
 }
 VARIANTS = {
     "uncond": {"reference": "uncond"},
@@ -103,7 +105,7 @@ def test_low_precision_extreme_scale_stays_finite(family, dtype, rule, variant):
         assert all(math.isfinite(d) for d in record["delta_norm"]), f"delta_norm {record['delta_norm']}"
 
 
-@pytest.mark.parametrize("rule", ["cfg", "apg", "cfg_zero_star"])
+@pytest.mark.parametrize("rule", ["cfg", "apg", "cfg_zero_star", "tcfg", "fdg"])
 @pytest.mark.parametrize("family", ["sd", "sd3"])
 def test_extreme_scale_fp32_stays_finite(family, rule):
     pipe = tiny_pipeline(family)

@@ -135,7 +135,7 @@ PARAMS = {
 
 
 def test_registries_hold_the_designed_names():
-    assert set(RULES.names()) == {"cfg", "apg", "cfgpp", "cfg_zero_star"}
+    assert set(RULES.names()) == {"cfg", "apg", "cfgpp", "cfg_zero_star", "tcfg", "fdg"}
     assert set(REFERENCES.names()) == {"uncond", "icg", "tsg", "combined", "pag", "seg", "slg", "stg", "autoguidance"}
     assert set(SCHEDULES.names()) == {"constant", "linear", "cosine", "inverse_linear", "sine", "v_shape",
                                       "lambda_shape", "clamp_linear", "clamp_cosine", "pcs", "interval", "steps",

@@ -6,9 +6,11 @@ from .base import Rule, RuleStep
 from .cfg import CFG
 from .cfg_zero_star import CFGZeroStar
 from .cfgpp import CFGPlusPlus
+from .fdg import FDG
+from .tcfg import TCFG
 
 RULES: Registry[Rule] = Registry("rule")
-for _cls in (CFG, APG, CFGPlusPlus, CFGZeroStar):
+for _cls in (CFG, APG, CFGPlusPlus, CFGZeroStar, TCFG, FDG):
     RULES.register(_cls)
 
 __all__ = ["RULES", "Rule", "RuleStep"]

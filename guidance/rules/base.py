@@ -23,6 +23,7 @@ class RuleStep:
     index: int
     samples: Samples
     batch_size: int
+    scale: float | None = None  # the unscheduled w of the term (the spec's scale, 1 + s for an extra term)
 
 
 class Rule(Strategy):
