@@ -9,8 +9,8 @@ guidance bench overhead --pipeline sd15-like --steps 10 --repeats 7 --json "$out
 guidance bench overhead --pipeline sd15-like --steps 10 --repeats 7 --variants "pag term" \
     --json "$out/overhead-pag-sd15-like.json" --overwrite
 guidance bench overhead --pipeline tiny --steps 10 --repeats 7 --json "$out/overhead-tiny.json" --overwrite
-guidance bench overhead --pipeline wan-like --steps 6 --repeats 7 --json "$out/overhead-wan-like.json" --overwrite
-guidance bench memory --pipeline wan-like --steps 4 --repeats 3 --json "$out/memory-wan-like.json" --overwrite
+guidance bench overhead --pipeline wan-like --steps 4 --repeats 5 --json "$out/overhead-wan-like.json" --overwrite
+guidance bench memory --pipeline wan-like --steps 3 --repeats 3 --json "$out/memory-wan-like.json" --overwrite
 guidance bench memory --pipeline sd15-like --steps 4 --repeats 3 --json "$out/memory-sd15-like.json" --overwrite
 guidance bench syncs --pipeline sd15-like --steps 4 --json "$out/syncs-sd15-like.json" --overwrite
 guidance bench saving --samples 500 --no-progress --json "$out/saving-digits.json" --overwrite

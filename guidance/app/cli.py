@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("kind", choices=["overhead", "memory", "syncs", "saving", "numerics"])
     bench.add_argument("--pipeline", choices=["tiny", "sd15-like", "sd15", "wan-like"], default="sd15-like",
                        help="random-weight pipeline: tiny SD, SD-1.5 blocks at width 64 (CPU), SD-1.5 size (GPU), or "
-                            "a Wan-structured video transformer (5-D latents: 17 frames at 128 px)")
+                            "a Wan-structured video transformer (5-D latents: 17 frames at 256 px)")
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     bench.add_argument("--steps", type=int, default=10)

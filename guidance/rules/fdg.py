@@ -25,6 +25,9 @@ does not crop the result back, so its output has the wrong shape there (e.g. SD-
 pyramid needs no padding. A level at scale 1 (low_scale 1) keeps D_c's level here, where diffusers' guider
 appends the previous level's.
 FDG needs an image grid: a (batch, channels, height, width) prediction at least 3·2^(levels − 2) on each side.
+Unverified: the paper's full text was not available when this was written; the update follows diffusers' guider
+(which cites the paper's Algorithm 2), and the x̂0 space and the D_c + (w − 1)·Δ form of the projected update are
+this project's reading (as in APG, by the same authors). Without projection (η = 1, the default) neither matters.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ Space: the paper's "scores" are the network's noise prediction (the score is −
 which leaves v₁ unchanged), so the rule acts on the raw output, as diffusers' guider does; on flow models (SD3 in
 the paper's experiments) that is the velocity the network outputs, also as in diffusers and ComfyUI's node (the
 paper gives no conversion for velocity models; ComfyUI projects ε on VP v-prediction models, this rule v).
+Unverified: the paper's full text was not available when this was written; the rule follows diffusers' guider
+(which cites it) and ComfyUI's node, and the statements above about the paper come from them.
 """
 
 from __future__ import annotations
