@@ -19,6 +19,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "apg": {"scale": 4.0, "rule": "apg"},
     "cfg++": {"scale": 0.6, "rule": "cfgpp"},
     "cfg-zero*": {"scale": 4.0, "rule": "cfg_zero_star"},
+    "tcfg": {"scale": 4.0, "rule": "tcfg"},
+    "fdg": {"scale": 4.0, "rule": {"name": "fdg", "low_scale": 2.0}},
     "icg": {"scale": 4.0, "reference": "icg"},
     "tsg": {"scale": 4.0, "reference": "tsg"},
     "ag": {"scale": 4.0, "policy": "adaptive"},
