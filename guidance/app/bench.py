@@ -79,7 +79,7 @@ PIPELINES: dict[str, BenchPipeline] = {
     "tiny": BenchPipeline(lambda device: tiny_pipeline("sd")),
     "sd15-like": BenchPipeline(lambda device: sd15_like(64, 64, device=device), side=64),
     "sd15": BenchPipeline(lambda device: sd15_like(320, 768, device=device), side=128),
-    "wan-like": BenchPipeline(lambda device: wan_like(256, 8, device=device), family="wan", side=256, frames=17,
+    "wan-like": BenchPipeline(lambda device: wan_like(1024, 2, device=device), family="wan", side=256, frames=17,
                               without=("pag term",)),  # its baseline is diffusers' SD PAG pipeline
 }
 
