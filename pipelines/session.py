@@ -239,7 +239,12 @@ class Session:
             self._locate(call)
         run.calls += 1
         if run.calls > self.adapter.calls_per_step:
-            return self.evaluate(call)
+            raise GuidanceError(
+                f"{type(self.pipe).__name__} called its denoiser {run.calls} times within one scheduler step, where "
+                f"its family's pipelines call it {self.adapter.calls_per_step} time(s) (the CFG branches); guidance "
+                "guides those calls only, so the others would go unguided. This pipeline (or an option of it, such "
+                "as context windows or per-view calls) is not supported: use its own guidance, or the family's "
+                "plain pipeline with guidance.")
         return self.adapter.guide_call(self, call)
 
     def _locate(self, call: DenoiserCall) -> None:

@@ -246,3 +246,21 @@ def test_icg_source_that_fits(family, source):
                                      **kwargs_for(family)))
     assert torch.isfinite(out).all()
     assert len(st["steps"]) == 4 and all(s["reference_rows"] == 2 for s in st["steps"])
+
+
+def test_more_denoiser_calls_per_step_than_the_protocol_is_refused() -> None:
+    """A loop (a pipeline, or an option of one) that calls the denoiser more often within one scheduler step than
+    its family's pipelines do would leave the extra calls unguided: the second call of a doubled-batch step is
+    refused with the reason, not evaluated natively."""
+    pipe = tiny_pipeline("sd")
+    embeddings = torch.randn(4, 8, 32, generator=torch.Generator().manual_seed(0))
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    with guidance.attach(pipe, {"scale": 3.0}):
+        pipe.scheduler.set_timesteps(4)
+        t = pipe.scheduler.timesteps[0]
+        with torch.no_grad():
+            first = pipe.unet(torch.cat([latents] * 2), t, encoder_hidden_states=embeddings).sample
+            assert first.shape == (4, 4, 8, 8) and torch.isfinite(first).all()
+            with pytest.raises(GuidanceError, match="called its denoiser 2 times within one scheduler step, where "
+                                                    r"its family's pipelines call it 1 time\(s\)"):
+                pipe.unet(torch.cat([latents] * 2), t, encoder_hidden_states=embeddings)
