@@ -10,15 +10,11 @@ from __future__ import annotations
 
 from torch import nn
 
+from .flux import FluxLayout
 from .separate import SeparateCallsAdapter
 
 
-class ChromaAdapter(SeparateCallsAdapter):
-    denoiser_attr = "transformer"
-    skip_keys = frozenset({"img_ids", "txt_ids"})
-    timestep_scale = 1000.0
-    joint_blocks = True
-    block_lists = ("transformer_blocks", "single_transformer_blocks")
+class ChromaAdapter(FluxLayout, SeparateCallsAdapter):
     # our choice: Flux's defaults (ComfyUI's double and single blocks 7, 8, 9), as Chroma keeps Flux.1's 19 + 38 blocks
     skip_layers = (7, 8, 9, 26, 27, 28)
 

@@ -12,13 +12,19 @@ from torch import nn
 from .true_cfg import TrueCFGAdapter
 
 
-class FluxAdapter(TrueCFGAdapter):
+class FluxLayout:
+    """What Flux, Chroma and FLUX.2 share: a transformer on packed latent tokens whose position ids are not cut to
+    rows, time/1000, and double-stream blocks followed by single-stream blocks (slg/stg index them in that order)."""
+
     denoiser_attr = "transformer"
-    embedding_fields = (("encoder_hidden_states",), ("pooled_projections",))
     skip_keys = frozenset({"img_ids", "txt_ids"})
     timestep_scale = 1000.0
     joint_blocks = True
     block_lists = ("transformer_blocks", "single_transformer_blocks")
+
+
+class FluxAdapter(FluxLayout, TrueCFGAdapter):
+    embedding_fields = (("encoder_hidden_states",), ("pooled_projections",))
     # ComfyUI's SkipLayerGuidanceDiT defaults for Flux (double blocks 7, 8, 9 and single blocks 7, 8, 9), indexed into
     # the double blocks then the single blocks of Flux.1's 19 + 38
     skip_layers = (7, 8, 9, 26, 27, 28)

@@ -20,16 +20,12 @@ from typing import Any
 from torch import nn
 
 from ..call import DenoiserCall
+from .flux import FluxLayout
 from .flux_kontext import leading_generated
 from .separate import SeparateCallsAdapter
 
 
-class Flux2Adapter(SeparateCallsAdapter):
-    denoiser_attr = "transformer"
-    skip_keys = frozenset({"img_ids", "txt_ids"})
-    timestep_scale = 1000.0
-    joint_blocks = True
-    block_lists = ("transformer_blocks", "single_transformer_blocks")
+class Flux2Adapter(FluxLayout, SeparateCallsAdapter):
     # our choice: the middle double blocks and the first single blocks of FLUX.2 [dev]'s 8 + 48
     skip_layers = (3, 4, 8, 9, 10)
 
