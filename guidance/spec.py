@@ -70,9 +70,9 @@ class Term(BaseModel):
             raise ValueError(f"reference '{self.reference.name}' cannot be a term: a term contrasts the conditional "
                              "prediction with a reference built from the same rows (pag, seg, slg, stg, "
                              "autoguidance, icg, tsg); the negative prompt belongs to the main reference")
-        if self.rule.corrects_sampler:
-            raise ValueError(f"rule '{self.rule.name}' corrects the sampler and can only be the main rule; a term "
-                             "takes cfg, apg or cfg_zero_star")
+        if self.rule.corrects_sampler or self.rule.predictor_corrector:
+            raise ValueError(f"rule '{self.rule.name}' changes the sampler and can only be the main rule; a term "
+                             "takes cfg, apg, cfg_zero_star, tcfg or fdg")
         if self.rule.outputs_zero(0):
             raise ValueError(f"rule '{self.rule.name}' zero-inits the first steps, which only the main rule can do; "
                              "set zero_init_steps: 0 in a term")
@@ -130,6 +130,12 @@ class Guidance(BaseModel):
             raise GuidanceError(
                 f"The schedule '{self.schedule.name}' sets w − 1 directly and has no meaning for CFG++'s λ. "
                 "Combine cfgpp with a shape schedule (constant, linear, cosine, …) or interval."
+            )
+        if self.rule.predictor_corrector and self.policy.estimates:
+            raise GuidanceError(
+                f"Policy '{self.policy.name}' estimates the reference from a fit to the pipeline's own guided steps; "
+                f"rule '{self.rule.name}' evaluates both branches in its corrector at other points, where that fit "
+                "does not hold. Use policy always or adaptive with pcg."
             )
         return self
 

@@ -19,7 +19,8 @@ class StepRecord:
     cosine: cos(x̂0_c, x̂0_u) per guided sample; delta_norm: ‖x̂0_c − x̂0_u‖ per guided sample;
     latent_rms: the RMS of each sample's latents after the step (recorded by `session.callback`, so None for
     pipelines without `callback_on_step_end`: DiT, PixArt);
-    terms: each active guidance term's reference name, s_i and per-sample cos(x̂0_c, x̂0_r), ‖x̂0_c − x̂0_r‖.
+    terms: each active guidance term's reference name, s_i and per-sample cos(x̂0_c, x̂0_r), ‖x̂0_c − x̂0_r‖;
+    corrector: 0 for the pipeline's own step; k for PCG's k-th corrector iteration at this step's noise level.
     """
 
     run: int
@@ -34,10 +35,11 @@ class StepRecord:
     delta_norm: torch.Tensor | None = field(default=None, repr=False)
     latent_rms: torch.Tensor | None = field(default=None, repr=False)
     terms: tuple[Any, ...] = ()  # guidance.step.TermRecord of each active term
+    corrector: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in ("run", "step", "t", "sigma", "w", "branches",
-                                               "reference_rows", "denoiser_rows")}
+                                               "reference_rows", "denoiser_rows", "corrector")}
         out["branches"] = list(self.branches)
         for key in ("cosine", "delta_norm", "latent_rms"):
             out[key] = _numbers(getattr(self, key))

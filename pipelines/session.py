@@ -28,6 +28,7 @@ from guidance.telemetry import StepRecord
 from .adapters import adapter_for
 from .caches import caches_on, check_run, check_spec
 from .call import DenoiserCall, Group, RowView, first_output, with_first_output
+from .correcting import Corrector, check_predictor
 from .perturbations import Perturbation, RowDispatch, RowScope, perturbation_for
 from .stepping import step_table
 
@@ -73,6 +74,9 @@ class Run:
     rows_before: int = 0  # session row count when this step began
     carried: Any = None  # what the adapter's call protocol carries from one call of the step to the next
     correction: tuple[torch.Tensor, torch.Tensor] | None = None  # CFG++: (reference, guided) for the scheduler step
+    step_calls: list[DenoiserCall] = field(default_factory=list)  # PCG: the step's calls, replayed by the corrector
+    correcting: int = 0  # PCG: the corrector iteration being evaluated (0: the pipeline's own step, the predictor)
+    guided: torch.Tensor | None = None  # the last guided prediction of the B samples (PCG's corrector reads it)
     records: list[StepRecord] = field(default_factory=list)
 
 
@@ -105,6 +109,10 @@ class Session:
         self._correction: SamplerCorrection | None = None
         if self.guidance.rule.corrects_sampler:
             self._correction = correction_for(self._scheduler)
+        self._corrector: Corrector | None = None
+        if self.guidance.rule.predictor_corrector:
+            check_predictor(self._scheduler)
+            self._corrector = Corrector(self.guidance.rule)
         self._routes = [Route(denoiser) for denoiser in self.adapter.denoisers]
         self._active = self._routes[0]  # the route of the denoiser call being served
         self._caches = sorted({cache for d in self.adapter.denoisers for cache in caches_on(d)})
@@ -172,6 +180,11 @@ class Session:
     # ---------------------------------------------------------------- stats
 
     @property
+    def rows(self) -> int:
+        """Denoiser rows evaluated so far."""
+        return self._rows
+
+    @property
     def stats(self) -> dict[str, Any]:
         """denoiser_rows / denoiser_calls (all evaluated), runs, and per-step telemetry `steps`."""
         return {"denoiser_rows": self._rows, "denoiser_calls": self._calls, "runs": len(self._runs),
@@ -180,8 +193,12 @@ class Session:
     def record_latents(self, latents: torch.Tensor) -> None:
         """The latent RMS per sample at the end of the current pipeline step (from `callback`)."""
         run = self.current_run
-        if run is not None and run.records and self.telemetry:
-            run.records[-1].latent_rms = per_sample_norm(latents).flatten() / latents[0].numel() ** 0.5
+        if run is None or not self.telemetry:
+            return
+        # the record of the pipeline's own step (PCG's corrector records for the next level come after it)
+        record = next((r for r in reversed(run.records) if not r.corrector), None)
+        if record is not None:
+            record.latent_rms = per_sample_norm(latents).flatten() / latents[0].numel() ** 0.5
 
     # ---------------------------------------------------------------- scheduler side
 
@@ -207,19 +224,30 @@ class Session:
         if run is None or run.step is None:
             return out
         self.adapter.end_step(run)
-        if run.correction is not None and self._correction is not None:
+        if run.records and run.records[-1].step == run.step:
+            run.records[-1].denoiser_rows = self._rows - run.rows_before
+        correcting = self._corrector is not None and run.step + 1 < len(run.table)
+        if correcting or (run.correction is not None and self._correction is not None):
             bound = self._step_signature.bind(*args, **kwargs)
             bound.apply_defaults()
+        if correcting:
+            if float(bound.arguments.get("eta") or 0.0):
+                raise GuidanceError("PCG's predictor is DDIM with eta = 0 (the corrector adds the noise); call the "
+                                    "pipeline without eta.")
+            rows, next_sample = run.batch_size, first_output(out)
+            corrected = self._corrector.correct(self, run, bound.arguments["sample"][:rows], next_sample[:rows],
+                                                bound.arguments.get("generator"))
+            out = with_first_output(out, self.adapter.scheduler_batch(corrected, next_sample.shape[0]))
+        if run.correction is not None and self._correction is not None:
             reference, guided = run.correction
             rows = reference.shape[0]
             sample, next_sample = bound.arguments["sample"], first_output(out)
             corrected = self._correction.correct(self._scheduler, run.step, run.table, sample[:rows],
                                                  next_sample[:rows], reference, guided, bound.arguments)
             out = with_first_output(out, self.adapter.scheduler_batch(corrected, next_sample.shape[0]))
-        if run.records and run.records[-1].step == run.step:
-            run.records[-1].denoiser_rows = self._rows - run.rows_before
         run.step += 1
         run.calls, run.carried, run.correction, run.rows_before = 0, None, None, self._rows
+        run.step_calls = []
         return out
 
     # ---------------------------------------------------------------- denoiser side
@@ -245,7 +273,16 @@ class Session:
                 "guides those calls only, so the others would go unguided. This pipeline (or an option of it, such "
                 "as context windows or per-view calls) is not supported: use its own guidance, or the family's "
                 "plain pipeline with guidance.")
+        if self._corrector is not None:
+            run.step_calls.append(call)
         return self.adapter.guide_call(self, call)
+
+    def route_at(self, timestep: float) -> None:
+        """Serve the next evaluations with the denoiser the pipeline runs at scheduler timestep `timestep` (the second
+        expert below the boundary)."""
+        boundary = self.current_run.table.boundary
+        second = boundary is not None and timestep < boundary and len(self._routes) > 1
+        self._active = self._routes[1 if second else 0]
 
     def _locate(self, call: DenoiserCall) -> None:
         """First denoiser call of a run: find the step (img2img starts late) and reset batch-sized state."""
@@ -261,8 +298,12 @@ class Session:
     def plan(self) -> tuple[float | None, list[int]]:
         """The current step's scale (None: conditional only) and the samples whose reference rows run."""
         run = self.current_run
-        w = run.scales[run.step]
+        w = None if self._predicting() else run.scales[run.step]
         return w, (self.guidance.policy.reference_samples(run.step) if w is not None else [])
+
+    def _predicting(self) -> bool:
+        """Whether the call being served is PCG's predictor (the pipeline's own step: conditional only)."""
+        return self._corrector is not None and not self.current_run.correcting
 
     def outputs_zero(self, w: float | None) -> bool:
         """Whether the current step outputs 0 without any evaluation (CFG-Zero*'s zero-init)."""
@@ -275,7 +316,7 @@ class Session:
         the active terms with their s_i and outputs."""
         run = self.current_run
         terms = [(term, scales[run.step]) for term, scales in zip(self.guidance.terms, run.term_scales, strict=True)
-                 if scales[run.step] is not None]
+                 if scales[run.step] is not None and not self._predicting()]
         cond = call.take(cond_rows) if terms else call
         out, outputs = self.evaluate_groups([*groups, *(Group(cond, term.reference) for term, _ in terms)])
         given = len(groups)
@@ -389,6 +430,7 @@ class Session:
             run.correction = (self.adapter.scheduler_prediction(step.reference),
                               self.adapter.scheduler_prediction(step.prediction))
         self._record(w, step)
+        run.guided = step.prediction
         guided = self.adapter.with_prediction(generated(cond), step.prediction)
         return guided if tokens is None else torch.cat([guided, cond[:, tokens:]], dim=1)
 
@@ -398,4 +440,4 @@ class Session:
         run.records.append(StepRecord(
             run=len(self._runs) - 1, step=k, t=run.table.timesteps[k], sigma=run.table.sigma[k],
             w=1.0 if w is None else w, branches=step.branches, reference_rows=step.reference_rows,
-            cosine=step.cosine, delta_norm=step.delta_norm, terms=step.terms))
+            cosine=step.cosine, delta_norm=step.delta_norm, terms=step.terms, corrector=run.correcting))

@@ -15,6 +15,7 @@ class Policy(Strategy):
     """Chooses the samples whose reference rows run; may estimate the reference for the others."""
 
     uses_cosine: ClassVar[bool] = False  # observe() needs cos(x̂0_c, x̂0_u) even without telemetry
+    estimates: ClassVar[bool] = False  # estimate() stands in for reference rows it skipped (LinearAG)
 
     _batch_size: int = PrivateAttr(0)
 

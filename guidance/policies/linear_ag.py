@@ -79,6 +79,7 @@ class LinearAG(Policy):
     """Fitted linear estimate of the reference at alternate early steps, conditional only later."""
 
     name = "linear_ag"
+    estimates = True
     paper = "Castillo et al., AAAI 2025 (arXiv 2312.12487)"
     summary = "û_k = β₀c_k + β₁c_{k−1} + β₂u_{k−1} at estimated steps (coefficients from a fitted file)"
 

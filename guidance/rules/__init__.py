@@ -7,10 +7,11 @@ from .cfg import CFG
 from .cfg_zero_star import CFGZeroStar
 from .cfgpp import CFGPlusPlus
 from .fdg import FDG
+from .pcg import PCG
 from .tcfg import TCFG
 
 RULES: Registry[Rule] = Registry("rule")
-for _cls in (CFG, APG, CFGPlusPlus, CFGZeroStar, TCFG, FDG):
+for _cls in (CFG, APG, CFGPlusPlus, CFGZeroStar, TCFG, FDG, PCG):
     RULES.register(_cls)
 
 __all__ = ["RULES", "Rule", "RuleStep"]

@@ -35,7 +35,8 @@ class Rule(Strategy):
 
     space: ClassVar[str] = "output"
     default_scale: ClassVar[float] = 7.5
-    corrects_sampler: ClassVar[bool] = False
+    corrects_sampler: ClassVar[bool] = False  # CFG++: the scheduler's step is corrected (guidance/samplers)
+    predictor_corrector: ClassVar[bool] = False  # PCG: pipeline steps predict on c, a corrector follows each
 
     def check_scale(self, scale: float) -> None:
         if not math.isfinite(scale) or scale < 0:

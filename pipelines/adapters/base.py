@@ -119,6 +119,17 @@ class Adapter:
         """The scheduler's timestep for the time the pipeline passed its denoiser."""
         return timestep * self.timestep_scale
 
+    def call_timestep(self, timestep: Any, scheduler_timestep: float) -> Any:
+        """The denoiser's timestep argument for the scheduler timestep `scheduler_timestep`, typed and shaped like
+        `timestep` (the argument of another step): every entry at the call's time moves to the new time (per-token
+        times at 0, Wan 2.2 TI2V's image tokens, stay); `scheduler_timestep` inverted as the affine map it is."""
+        offset = self.scheduler_timestep(0.0)
+        value = (scheduler_timestep - offset) / (self.scheduler_timestep(1.0) - offset)
+        if not isinstance(timestep, torch.Tensor):
+            return type(timestep)(round(value) if isinstance(timestep, int) else value)
+        new = torch.tensor(round(value) if not timestep.is_floating_point() else value, dtype=torch.float64)
+        return torch.where(timestep == self.call_time(timestep), new.to(timestep.device, timestep.dtype), timestep)
+
     def generated_tokens(self, call: DenoiserCall) -> int | None:
         """For a denoiser on packed tokens whose sequence also holds conditioning tokens (an input image's, which the
         pipeline drops from the output): how many leading tokens are generated. None: all of them. Guidance acts on
