@@ -16,16 +16,15 @@ import math
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler
+from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from scipy import stats
 
 import guidance
-from guidance.errors import GuidanceError
 from guidance.pipelines.gmm import GaussianMixtureDenoiser, gmm_pipeline, two_class_2d
 from guidance.pipelines.testing.tiny import FAMILIES, tiny_call_kwargs, tiny_pipeline
 
-from conftest import denoisers, first_layer, strip_scales
+from conftest import denoisers, first_layer
 
 
 def hand_pcg(model: GaussianMixtureDenoiser, labels: torch.Tensor, latents: torch.Tensor, steps: int, gamma: float,
