@@ -16,15 +16,16 @@ import math
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from scipy import stats
 
 import guidance
+from guidance.errors import GuidanceError
 from guidance.pipelines.gmm import GaussianMixtureDenoiser, gmm_pipeline, two_class_2d
 from guidance.pipelines.testing.tiny import FAMILIES, tiny_call_kwargs, tiny_pipeline
 
-from conftest import denoisers, first_layer
+from conftest import denoisers, first_layer, strip_scales
 
 
 def hand_pcg(model: GaussianMixtureDenoiser, labels: torch.Tensor, latents: torch.Tensor, steps: int, gamma: float,
@@ -74,7 +75,7 @@ GAMMA = 3.0
 
 
 def powered_samples(label: int, gamma: float, n: int) -> torch.Tensor:
-    """Exact samples of p(x|c)^γ p(x)^{1−γ} ∝ p(x|c)·p(c|x)^{γ−1}: draws of p(x|c) kept with probability p(c|x)^{γ−1}."""
+    """Exact samples of p(x|c)^γ p(x)^{1−γ} ∝ p(x|c)·p(c|x)^{γ−1}: draws of p(x|c) kept with chance p(c|x)^{γ−1}."""
     generator, kept = torch.Generator().manual_seed(0), []
     log_prior = math.log(0.5)
     while sum(len(k) for k in kept) < n:
@@ -229,3 +230,39 @@ def test_the_corrector_evaluates_the_next_level(family):
     if all(own):  # the first layer sees the latents: so must the corrector's calls, at the predictor's output
         for j in (1, 2):
             assert holds(pcg.at(pcg.first, (j, 1)), stepped[j - 1][1]), f"latents at level {j}"
+
+
+def test_terms_act_in_the_corrector_only():
+    """A term adds its reference's rows to every corrector evaluation, none to the predictor (§31)."""
+    pipe = gmm_pipeline(two_class_2d())
+    spec = {"rule": {"name": "pcg", "corrector_steps": 2}, "scale": 2.0, "terms": [{"reference": "icg", "scale": 1.0}]}
+    steps, batch = 4, 2
+    with guidance.attach(pipe, spec) as session:
+        pipe(class_labels=[0, 1], num_inference_steps=steps, guidance_scale=2.0, output_type="latent")
+    assert session.stats["denoiser_rows"] == steps * batch + (steps - 1) * 2 * 3 * batch
+    assert all(bool(r["terms"]) == bool(r["corrector"]) for r in session.stats["steps"])
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    ({"scheduler": "euler"}, "is not DDIM"),
+    ({"eta": 0.5}, "eta = 0"),
+    ({"rule": {"name": "pcg", "corrector_steps": -1}}, "corrector_steps"),
+    ({"rule": {"name": "pcg", "step_size": 0.0}}, "step_size"),
+    ({"terms": [{"reference": "icg", "scale": 1.0, "rule": "pcg"}]}, "only be the main rule"),
+    ({"policy": {"name": "linear_ag", "coefficients": "pipelines/models/digits/linear-ag-25.json"}}, "adaptive"),
+])
+def test_refusals(change, words):
+    pipe = gmm_pipeline(two_class_2d())
+    if change.pop("scheduler", None):
+        pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    eta = change.pop("eta", 0.0)
+    spec = {"rule": "pcg", "scale": 2.0, **change}
+    with pytest.raises(GuidanceError, match=words):
+        guidance.run(pipe, spec, class_labels=[0], num_inference_steps=3, eta=eta, output_type="latent")
+
+
+@pytest.mark.parametrize("family", ["zimage", "wan22_5b_i2v"])
+def test_pipelines_whose_input_is_not_the_latents_are_refused(family):
+    kwargs = strip_scales(tiny_call_kwargs(family, batch=1, num_inference_steps=2))
+    with pytest.raises(GuidanceError, match="PCG"):
+        guidance.run(tiny_pipeline(family), {"rule": "pcg", "scale": 2.0}, **kwargs)
