@@ -33,6 +33,8 @@ from pydantic import PrivateAttr, field_validator
 from ..errors import GuidanceError
 from .base import Reference, ReferenceRows
 
+_FITTING = "give a classifier whose logits are the model's classes, in its order."
+
 
 class GFCG(Reference):
     """The classifier's most likely other class, per sample and step."""
@@ -80,6 +82,9 @@ class GFCG(Reference):
         probabilities = logits.float().softmax(dim=1)
         target = labels.to(probabilities.device).long().unsqueeze(1)
         self._classes = probabilities.shape[1]
+        if int(target.max()) >= self._classes:
+            raise GuidanceError(f"gfcg's classifier scores {self._classes} classes but the samples' labels go up to "
+                                f"{int(target.max())}; {_FITTING}")
         self._labels = probabilities.scatter(1, target, -1.0).argmax(dim=1)
         self._factors = 1.0 - probabilities.gather(1, target).squeeze(1)
 
@@ -92,8 +97,7 @@ class GFCG(Reference):
                                 "a class-conditional pipeline (digits, DiT), or icg/uncond here.")
         if self._classes != rows.num_classes:
             raise GuidanceError(f"gfcg's classifier scores {self._classes} classes but the model has "
-                                f"{rows.num_classes}; give a classifier whose logits are the model's classes, in its "
-                                "order.")
+                                f"{rows.num_classes}; {_FITTING}")
         if self._labels is None or len(rows) != len(self._labels):
             raise GuidanceError("gfcg needs every sample's conditional estimate before its reference rows; it works "
                                 "with policy: always.")
