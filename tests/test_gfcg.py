@@ -11,7 +11,7 @@ import guidance
 from guidance.errors import GuidanceError
 from guidance.pipelines.bundled import BUNDLED
 from guidance.pipelines.digits import load_classifier, load_pipeline
-from guidance.pipelines.testing.tiny import tiny_sd
+from guidance.pipelines.testing.tiny import tiny_dit, tiny_sd
 
 from reference_loops import digits_gfcg
 
@@ -115,3 +115,21 @@ def test_gfcg_specs_that_do_not_compose_are_refused(spec: dict, message: str) ->
 def test_gfcg_refuses_a_classifier_that_does_not_fit(pipe, classifier, message: str) -> None:
     with pytest.raises(GuidanceError, match=message):
         sample(pipe, {"reference": gfcg(classifier)})
+
+
+def test_gfcg_on_dit_classifies_the_latent_estimate_of_the_prediction_channels() -> None:
+    """DiT's learned-variance channels are not part of x̂0: the classifier sees the latent estimate (4 channels)."""
+    pipe = tiny_dit()
+    classes = pipe.transformer.config.num_embeds_ada_norm
+    seen: list[torch.Size] = []
+
+    def classifier(x0: torch.Tensor) -> torch.Tensor:
+        seen.append(x0.shape)
+        return torch.zeros(len(x0), classes)
+
+    stats: dict = {}
+    guidance.run(pipe, {"scale": 3.0, "reference": gfcg(classifier)}, stats=stats, class_labels=[1, 2],
+                 num_inference_steps=2, output_type="np")
+    assert seen == [torch.Size([2, pipe.transformer.config.in_channels, 8, 8])] * 2
+    assert stats["denoiser_rows"] == 2 * 2 * 2 and stats["denoiser_calls"] == 2 * 2
+    assert stats["steps"][0]["sample_w"] == pytest.approx([1 + 2 * (1 - 1 / classes)] * 2)
