@@ -137,6 +137,18 @@ class Guidance(BaseModel):
                 f"rule '{self.rule.name}' evaluates both branches in its corrector at other points, where that fit "
                 "does not hold. Use policy always or adaptive with pcg."
             )
+        if self.reference.reads_estimate and self.rule.corrects_sampler:
+            raise GuidanceError(
+                f"Rule '{self.rule.name}' renoises with the reference's noise estimate, and reference "
+                f"'{self.reference.name}' is another class's prediction, not an unconditional one. Use rule cfg or "
+                f"apg with {self.reference.name}, or {self.reference.name} as a term next to cfgpp's uncond reference."
+            )
+        if self.reference.reads_estimate and not isinstance(self.policy, Always):
+            raise GuidanceError(
+                f"Reference '{self.reference.name}' chooses every sample's reference from its conditional estimate, "
+                f"so its rows cannot be skipped or estimated per sample as policy '{self.policy.name}' does. Use "
+                f"policy: always, or put {self.reference.name} in a term next to the policy's main reference."
+            )
         return self
 
     def to_spec(self) -> dict[str, Any]:

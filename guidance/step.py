@@ -35,21 +35,26 @@ class StepPoint:
     prediction_type: str
 
 
+Scale = float | torch.Tensor  # a step's w (or a term's s): one for all samples, or per sample of the batch (B,)
+
+
 @dataclass(frozen=True)
 class TermInput:
-    """An active term at a step: its spec, its s_i and its reference prediction D_r of all B samples."""
+    """An active term at a step: its spec, its s_i (per sample: (B,)) and its reference prediction D_r of all B
+    samples."""
 
     term: Term
-    s: float
+    s: Scale
     prediction: torch.Tensor
 
 
 @dataclass(frozen=True)
 class TermRecord:
-    """A term's telemetry at a step: its reference's name, s_i, and per sample cos(x̂0_c, x̂0_r), ‖x̂0_c − x̂0_r‖."""
+    """A term's telemetry at a step: its reference's name, s_i (per sample where its reference sets it), and per
+    sample cos(x̂0_c, x̂0_r), ‖x̂0_c − x̂0_r‖."""
 
     name: str
-    s: float
+    s: Scale
     cosine: torch.Tensor | None = None
     delta_norm: torch.Tensor | None = None
 
@@ -83,16 +88,25 @@ def rescale_guided(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torc
     return phi * rescaled + (1 - phi) * guided
 
 
-def _combine(rule: Rule, w: float, rule_step: RuleStep, point: StepPoint, x: torch.Tensor, cond: torch.Tensor,
+def _per_sample(w: Scale, samples: slice | torch.Tensor, like: torch.Tensor) -> Scale:
+    """w for the samples a combine covers: a float as it is; per-sample scales (B,) cut to `samples` and shaped to
+    broadcast over each sample of `like`, in its dtype."""
+    if not isinstance(w, torch.Tensor):
+        return w
+    return w.to(like.device, like.dtype)[samples].reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def _combine(rule: Rule, w: Scale, rule_step: RuleStep, point: StepPoint, x: torch.Tensor, cond: torch.Tensor,
              reference: torch.Tensor, need_x0: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """rule(c, r, w) in the rule's space, returned in the prediction type; and x̂0_c, x̂0_r when needed."""
     a, s, kind = point.a, point.s, point.prediction_type
     x0_cond = to_x0(cond, x, a, s, kind) if need_x0 or rule.space == "x0" else None
     x0_reference = to_x0(reference, x, a, s, kind) if need_x0 or rule.space == "x0" else None
     if rule.space == "x0":
+        w = _per_sample(w, rule_step.samples, x0_cond)
         combined = from_x0(rule.combine(x0_cond, x0_reference, w, rule_step), x, a, s, kind).to(cond.dtype)
     else:
-        combined = rule.combine(cond, reference, w, rule_step)
+        combined = rule.combine(cond, reference, _per_sample(w, rule_step.samples, cond), rule_step)
     return combined, x0_cond, x0_reference
 
 
@@ -116,14 +130,14 @@ def _contribution(term: TermInput, point: StepPoint, x: torch.Tensor, cond: torc
     return contribution, record
 
 
-def guided_step(spec: Guidance, point: StepPoint, w: float | None, x: torch.Tensor, cond: torch.Tensor,
+def guided_step(spec: Guidance, point: StepPoint, w: Scale | None, x: torch.Tensor, cond: torch.Tensor,
                 reference: torch.Tensor | None, samples: Sequence[int], telemetry: bool = True,
                 terms: Sequence[TermInput] = ()) -> GuidedStep:
     """The guided prediction of one step: main(c, r0, w) + Σ_k [rule_k(c, r_k, 1 + s_k) − c] (§20).
 
     x: the model input x_t of all B samples; cond: D_c of all B samples; reference: D_r of the samples listed in
-    `samples` (in that order), or None; w: the step's scale, None for a conditional-only main term; terms: the
-    active terms, each with its reference's prediction of all B samples.
+    `samples` (in that order), or None; w: the step's scale (or each of the B samples' scale, (B,)), None for a
+    conditional-only main term; terms: the active terms, each with its reference's prediction of all B samples.
     """
     index, policy = point.index, spec.policy
     samples = list(samples)

@@ -19,7 +19,9 @@ class StepRecord:
     cosine: cos(x̂0_c, x̂0_u) per guided sample; delta_norm: ‖x̂0_c − x̂0_u‖ per guided sample;
     latent_rms: the RMS of each sample's latents after the step (recorded by `session.callback`, so None for
     pipelines without `callback_on_step_end`: DiT, PixArt);
-    terms: each active guidance term's reference name, s_i and per-sample cos(x̂0_c, x̂0_r), ‖x̂0_c − x̂0_r‖;
+    sample_w: each sample's w where the main reference sets it per sample (gfcg), else None;
+    terms: each active guidance term's reference name, s_i (a list where per sample) and per-sample
+    cos(x̂0_c, x̂0_r), ‖x̂0_c − x̂0_r‖;
     corrector: 0 for the pipeline's own step; k for PCG's k-th corrector iteration at this step's noise level.
     """
 
@@ -34,6 +36,7 @@ class StepRecord:
     cosine: torch.Tensor | None = field(default=None, repr=False)
     delta_norm: torch.Tensor | None = field(default=None, repr=False)
     latent_rms: torch.Tensor | None = field(default=None, repr=False)
+    sample_w: torch.Tensor | None = field(default=None, repr=False)
     terms: tuple[Any, ...] = ()  # guidance.step.TermRecord of each active term
     corrector: int = 0
 
@@ -41,9 +44,10 @@ class StepRecord:
         out = {k: getattr(self, k) for k in ("run", "step", "t", "sigma", "w", "branches",
                                                "reference_rows", "denoiser_rows", "corrector")}
         out["branches"] = list(self.branches)
-        for key in ("cosine", "delta_norm", "latent_rms"):
+        for key in ("cosine", "delta_norm", "latent_rms", "sample_w"):
             out[key] = _numbers(getattr(self, key))
-        out["terms"] = [{"name": term.name, "s": term.s, "cosine": _numbers(term.cosine),
+        out["terms"] = [{"name": term.name, "s": _numbers(term.s) if isinstance(term.s, torch.Tensor) else term.s,
+                         "cosine": _numbers(term.cosine),
                          "delta_norm": _numbers(term.delta_norm)} for term in self.terms]
         return out
 

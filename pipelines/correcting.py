@@ -68,7 +68,8 @@ class Corrector:
             raise GuidanceError(
                 f"{type(session.pipe).__name__} gives its denoiser other values than the latents it steps (it scales "
                 "or overwrites part of them), so PCG's corrector cannot evaluate the denoiser at its corrected "
-                "latents. Use another rule with this pipeline (cfg with a DDPM scheduler is PCG's SDE limit, §31)."
+                "latents. Use another rule with this pipeline (cfg with a DDPM scheduler is PCG's SDE limit: "
+                "docs/CONVENTIONS.md §32)."
             )
 
     def replay(self, session: Session, call: DenoiserCall, latents: torch.Tensor, timestep: float) -> DenoiserCall:

@@ -19,18 +19,27 @@ from diffusers.callbacks import PipelineCallback
 
 from guidance.errors import GuidanceError
 from guidance.plan import StepTable
+from guidance.references.base import Reference
 from guidance.samplers import SamplerCorrection, correction_for
-from guidance.spaces import per_sample_norm
+from guidance.spaces import per_sample_norm, to_x0
 from guidance.spec import Guidance, Term, load
 from guidance.step import GuidedStep, StepPoint, TermInput, guided_step
 from guidance.telemetry import StepRecord
 
 from .adapters import adapter_for
+from .bundled import bundled_classifier
 from .caches import caches_on, check_run, check_spec
 from .call import DenoiserCall, Group, RowView, first_output, with_first_output
 from .correcting import Corrector, check_predictor
 from .perturbations import Perturbation, RowDispatch, RowScope, perturbation_for
 from .stepping import step_table
+
+
+def _per_sample(scale: float, reference: Reference, base: float) -> float | torch.Tensor:
+    """`base + (scale − base)·f_b` per sample where the reference sets factors f (gfcg), else `scale`: a main
+    term's w (base 1) or a term's s (base 0)."""
+    factors = reference.scale_factors()
+    return scale if factors is None else base + (scale - base) * factors
 
 
 class StepEndCallback(PipelineCallback):
@@ -105,6 +114,7 @@ class Session:
         references = [self.guidance.reference, *(term.reference for term in self.guidance.terms)]
         found = ((id(r), perturbation_for(r, self.adapter, self._scope)) for r in references)
         self._perturbations: dict[int, Perturbation] = {key: p for key, p in found if p is not None}
+        self._classifiers = {id(r): self._classifier(r) for r in references if r.reads_estimate}
         self._scheduler = pipe.scheduler
         self._correction: SamplerCorrection | None = None
         if self.guidance.rule.corrects_sampler:
@@ -117,6 +127,19 @@ class Session:
         self._active = self._routes[0]  # the route of the denoiser call being served
         self._caches = sorted({cache for d in self.adapter.denoisers for cache in caches_on(d)})
         check_spec(self._caches, self.guidance)
+
+    def _classifier(self, reference: Reference) -> Any:
+        """The classifier of a reference that reads the conditional estimate (gfcg): a callable as given, a bundled
+        one loaded onto the denoiser's device."""
+        if self.adapter.condition_kind != "class":
+            raise GuidanceError(f"Reference '{reference.name}' chooses a reference class, but the "
+                                f"{type(self.pipe).__name__} denoiser is not conditioned on class labels. Use it on a "
+                                "class-conditional pipeline (the digits pipeline, DiT); here use uncond or icg.")
+        classifier = reference.classifier
+        if callable(classifier):
+            return classifier
+        parameter = next(self.adapter.denoiser.parameters(), None)
+        return bundled_classifier(classifier, None if parameter is None else parameter.device)
 
     # ---------------------------------------------------------------- install / restore
 
@@ -318,10 +341,35 @@ class Session:
         terms = [(term, scales[run.step]) for term, scales in zip(self.guidance.terms, run.term_scales, strict=True)
                  if scales[run.step] is not None and not self._predicting()]
         cond = call.take(cond_rows) if terms else call
-        out, outputs = self.evaluate_groups([*groups, *(Group(cond, term.reference) for term, _ in terms)])
         given = len(groups)
+        groups = [*groups, *(Group(cond, term.reference) for term, _ in terms)]
+        if any(g.reference is not None and g.reference.reads_estimate for g in groups):
+            out, outputs = self._evaluate_after_estimate(groups, call, cond_rows)
+        else:
+            out, outputs = self.evaluate_groups(groups)
         return out, outputs[:given], [(term, s, output) for (term, s), output in zip(terms, outputs[given:],
                                                                                      strict=True)]
+
+    def _evaluate_after_estimate(self, groups: list[Group], call: DenoiserCall, cond_rows: slice
+                                 ) -> tuple[Any, list[torch.Tensor]]:
+        """evaluate_groups in two calls: first the groups whose rows do not depend on the step's conditional estimate
+        (the first holds the conditional rows: alone, or within the pipeline's whole batch), then — once the
+        references that read it (gfcg) have seen x̂0_c and the class labels — the others. Outputs in `groups`' order."""
+        late = [g.reference is not None and g.reference.reads_estimate for g in groups]
+        out, early = self.evaluate_groups([g for g, is_late in zip(groups, late, strict=True) if not is_late])
+        first = next(g for g, is_late in zip(groups, late, strict=True) if not is_late)
+        cond = early[0][cond_rows] if first.call is call else early[0]
+        run, x = self.current_run, call.sample[cond_rows]
+        prediction = self.adapter.prediction(cond, x)
+        x0 = to_x0(prediction, self.adapter.latents(x, prediction), run.table.a[run.step], run.table.s[run.step],
+                   run.table.prediction_type)
+        labels = call.get(self.adapter.class_field)[cond_rows]
+        readers = [g for g, is_late in zip(groups, late, strict=True) if is_late]
+        for reference in {id(g.reference): g.reference for g in readers}.values():
+            reference.observe(x0, labels, self._classifiers[id(reference)])
+        _, rest = self.evaluate_groups(readers)
+        early_outputs, late_outputs = iter(early), iter(rest)
+        return out, [next(late_outputs) if is_late else next(early_outputs) for is_late in late]
 
     def evaluate(self, call: DenoiserCall) -> Any:
         """Run the original denoiser forward on `call` as it is."""
@@ -422,8 +470,10 @@ class Session:
             return self.adapter.prediction(generated(out), x)
 
         cond_prediction = prediction(cond)
-        term_inputs = [TermInput(term, s, prediction(output)) for term, s, output in terms]
-        step = guided_step(self.guidance, point, w, self.adapter.latents(x, cond_prediction), cond_prediction,
+        term_inputs = [TermInput(term, _per_sample(s, term.reference, 0.0), prediction(output))
+                       for term, s, output in terms]
+        sample_w = None if w is None else _per_sample(w, self.guidance.reference, 1.0)
+        step = guided_step(self.guidance, point, sample_w, self.adapter.latents(x, cond_prediction), cond_prediction,
                            None if reference is None else prediction(reference), samples, self.telemetry,
                            term_inputs)
         if self._correction is not None and step.reference is not None:
@@ -431,6 +481,8 @@ class Session:
                               self.adapter.scheduler_prediction(step.prediction))
         self._record(w, step)
         run.guided = step.prediction
+        if isinstance(sample_w, torch.Tensor) and self.telemetry:
+            run.records[-1].sample_w = sample_w
         guided = self.adapter.with_prediction(generated(cond), step.prediction)
         return guided if tokens is None else torch.cat([guided, cond[:, tokens:]], dim=1)
 

@@ -137,3 +137,42 @@ def flow_euler_cfgpp(pipe, call: dict, lam: float) -> torch.Tensor:
         noise_u = x + (1 - sigma) * v_u
         x = (1 - sigma_next) * x0_lam + sigma_next * noise_u
     return x.float()
+
+
+@torch.no_grad()
+def digits_gfcg(pipe, classifier, labels: torch.Tensor, latents: torch.Tensor, steps: int, w: float,
+                main: str = "gfcg", s: float = 0.0, weak=None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """GFCG (Shenoy et al., arXiv 2411.15393, §3) on the digits model (v-prediction), deterministic DDIM: at every
+    step the classifier sees x̂0 of the conditional prediction; the reference class is its most likely class other
+    than the target, and p_y (its probability of the target) scales the guidance per sample by 1 − p_y.
+    main "gfcg": v = v_ref + (1 + (w − 1)(1 − p_y))(v_c − v_ref); "uncond" / "autoguidance" (the `weak` UNet on the
+    same class): v = v_0 + w(v_c − v_0) + s(1 − p_y)(v_c − v_ref). Returns the final x and each step's reference
+    classes."""
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(steps)
+    bar = scheduler.alphas_cumprod.double()
+    null = torch.full_like(labels, pipe.unet.config.num_class_embeds - 1)
+    x, chosen = latents.clone(), []
+    for t in scheduler.timesteps:
+        a, sd = math.sqrt(bar[int(t)]), math.sqrt(1 - bar[int(t)])
+        v_c = pipe.unet(x, t, class_labels=labels).sample
+        p = classifier(a * x - sd * v_c).softmax(dim=1)
+        p_y = p[torch.arange(len(labels)), labels]
+        others = p.clone()
+        others[torch.arange(len(labels)), labels] = -1.0
+        reference = others.argmax(dim=1)
+        chosen.append(reference)
+        v_r = pipe.unet(x, t, class_labels=reference).sample
+        confusion = (1 - p_y).reshape(-1, 1, 1, 1)
+        if main == "gfcg":
+            v = v_r + (1 + (w - 1) * confusion) * (v_c - v_r)
+        else:
+            network, condition = (pipe.unet, null) if main == "uncond" else (weak, labels)
+            v_0 = network(x, t, class_labels=condition).sample
+            v = v_0 + w * (v_c - v_0) + s * confusion * (v_c - v_r)
+        x0 = a * x - sd * v
+        eps = (x - a * x0) / sd
+        prev = int(t) - scheduler.config.num_train_timesteps // steps
+        a_prev = bar[prev] if prev >= 0 else bar[0]
+        x = (math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps).float()
+    return x, chosen

@@ -1,4 +1,4 @@
-"""PCG, predictor-corrector guidance (Bradley & Nakkiran, arXiv 2408.09000; docs/CONVENTIONS.md §31).
+"""PCG, predictor-corrector guidance (Bradley & Nakkiran, arXiv 2408.09000; docs/CONVENTIONS.md §32).
 
 - A hand-written PCG loop (diffusers' own DDIM step on the conditional prediction, then the Langevin formula written
   out here) on the analytic mixture equals guidance.run's, noise draw for noise draw.
@@ -233,7 +233,7 @@ def test_the_corrector_evaluates_the_next_level(family):
 
 
 def test_terms_act_in_the_corrector_only():
-    """A term adds its reference's rows to every corrector evaluation, none to the predictor (§31)."""
+    """A term adds its reference's rows to every corrector evaluation, none to the predictor (§32)."""
     pipe = gmm_pipeline(two_class_2d())
     spec = {"rule": {"name": "pcg", "corrector_steps": 2}, "scale": 2.0, "terms": [{"reference": "icg", "scale": 1.0}]}
     steps, batch = 4, 2

@@ -135,8 +135,9 @@ PARAMS = {
 
 
 def test_registries_hold_the_designed_names():
-    assert set(RULES.names()) == {"cfg", "apg", "cfgpp", "cfg_zero_star", "tcfg", "fdg"}
-    assert set(REFERENCES.names()) == {"uncond", "icg", "tsg", "combined", "pag", "seg", "slg", "stg", "autoguidance"}
+    assert set(RULES.names()) == {"cfg", "apg", "cfgpp", "cfg_zero_star", "tcfg", "fdg", "pcg"}
+    assert set(REFERENCES.names()) == {"uncond", "icg", "tsg", "combined", "pag", "seg", "slg", "stg", "autoguidance",
+                                       "gfcg"}
     assert set(SCHEDULES.names()) == {"constant", "linear", "cosine", "inverse_linear", "sine", "v_shape",
                                       "lambda_shape", "clamp_linear", "clamp_cosine", "pcs", "interval", "steps",
                                       "pag_adaptive", "experts"}
@@ -146,7 +147,7 @@ def test_registries_hold_the_designed_names():
 @pytest.mark.parametrize(("axis", "name"), ALL_NAMES)
 def test_axis_as_name_or_mapping(axis, name, coefficients):
     required = {"linear_ag": {"coefficients": coefficients}, "combined": {"of": ["icg", "tsg"]},
-                "autoguidance": {"model": "digits-weak"}, "experts": {"scale_2": 3.0}}
+                "autoguidance": {"model": "digits-weak"}, "experts": {"scale_2": 3.0}, "gfcg": {"classifier": "digits"}}
     if name in required:
         with pytest.raises(GuidanceError, match=next(iter(required[name]))):
             guidance.load({axis: name})  # its one parameter is required

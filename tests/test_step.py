@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import guidance
-from guidance.step import StepPoint, guided_step
+from guidance.step import StepPoint, TermInput, guided_step
 
 B = 3
 A, S = 0.6, 0.8  # x_t = a·x0 + s·n
@@ -110,3 +110,21 @@ def test_adaptive_policy_switches_a_sample_off_after_its_cosine_passes_the_thres
     step = guided_step(guidance_spec, point(), 3.0, x, c, u, range(B))
     assert step.branches == ("cond", "reference")
     assert guidance_spec.policy.reference_samples(1) == [0]
+
+
+@pytest.mark.parametrize("rule", ["cfg", "apg", "cfg_zero_star"])
+def test_a_per_sample_scale_guides_each_sample_as_its_own_scale_would(rule: str) -> None:
+    """w of shape (B,) (gfcg sets one per sample): sample b equals the step at the float w_b, also for the subset of
+    samples a policy leaves guided and for a term's per-sample s."""
+    x, c, u = inputs(4)
+    w = torch.tensor([1.5, 3.0, 6.0], dtype=torch.float64)
+    step = guided_step(spec(scale=3.0, rule=rule), point("v_prediction"), w, x, c, u[[0, 2]], [0, 2])
+    for b in (0, 2):
+        alone = guided_step(spec(scale=3.0, rule=rule), point("v_prediction"), float(w[b]), x, c, u[[0, 2]], [0, 2])
+        np.testing.assert_allclose(step.prediction[b].numpy(), alone.prediction[b].numpy(), rtol=1e-10)
+    assert torch.equal(step.prediction[1], c[1])
+    term = guidance.load({"terms": [{"reference": {"name": "gfcg", "classifier": "digits"}, "scale": 1.0}]}).terms[0]
+    s = torch.tensor([0.0, 0.5, 2.0], dtype=torch.float64)
+    with_term = guided_step(spec(scale=1.0), point(), None, x, c, None, [], terms=[TermInput(term, s, u)])
+    expected = c + s.reshape(-1, 1, 1, 1) * (c - u)
+    np.testing.assert_allclose(with_term.prediction.numpy(), expected.numpy(), rtol=1e-12)

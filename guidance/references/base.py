@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar, Protocol
 
 import torch
@@ -39,10 +40,13 @@ class Reference(Strategy):
     which `prepare` then changes; otherwise they are the pipeline's own unconditional/negative rows.
     `perturbs_time_embedding`: the session hooks the denoiser's time embedding and adds
     `time_noise(...)` to the reference rows' embedding.
+    `reads_estimate`: the reference's rows depend on the step's conditional estimate x̂0_c, so the session evaluates
+    the conditional rows first and calls `observe` before preparing the reference rows (gfcg).
     """
 
     from_condition: ClassVar[bool] = False
     perturbs_time_embedding: ClassVar[bool] = False
+    reads_estimate: ClassVar[bool] = False
     default_term_scale: ClassVar[float | None] = None  # s when a term gives none (the paper's); None: required
 
     def reset(self) -> None:
@@ -53,6 +57,14 @@ class Reference(Strategy):
 
     def time_noise(self, shape: torch.Size, t: float) -> torch.Tensor:
         raise NotImplementedError
+
+    def observe(self, x0: torch.Tensor, labels: torch.Tensor, classifier: Callable[[torch.Tensor], torch.Tensor]
+                ) -> None:
+        """See the step's conditional estimate x̂0_c and class labels of all B samples (`reads_estimate` only)."""
+
+    def scale_factors(self) -> torch.Tensor | None:
+        """Per-sample factors (B,) on the step's w − 1 (a term's s) set by `observe`; None: the scale as scheduled."""
+        return None
 
 
 class SeededReference(Reference):

@@ -35,6 +35,9 @@ class Combined(Reference):
             raise ValueError("list at least two references, e.g. [icg, tsg]")
         members = [REFERENCES.build(v) for v in value]
         for member in members:
+            if member.reads_estimate:
+                raise ValueError(f"'{member.name}' cannot be combined: it chooses its rows' condition itself from "
+                                 "the conditional estimate; use it alone or as a term")
             if not member.from_condition or isinstance(member, Combined):
                 raise ValueError(f"'{member.name}' cannot be combined: only icg and tsg build their reference rows "
                                  "from the conditional rows")

@@ -8,7 +8,7 @@ predictor on the conditional model p(x | c), then K Langevin corrector steps at 
 The paper's theorem: in the SDE limit DDPM-CFG at w equals PCG with K = 1 and γ = 2w − 1 when the corrector's
 step is half the predictor step's increment of σ² (σ = s/a): δ = (σ_i² − σ_j²)/2 in σ units.
 
-Step size (docs/CONVENTIONS.md §31): after the predictor step from noise level i to j, every corrector iteration
+Step size (docs/CONVENTIONS.md §32): after the predictor step from noise level i to j, every corrector iteration
 takes δ = r · s_j² · (1 − σ_j²/σ_i²) / 2 in x_t units, r = `step_size`: the Langevin step whose noise is the
 DDPM posterior noise of the step i → j (so its first-order expansion is the theorem's (σ_i² − σ_j²)/2 · a_j², and it
 stays finite at the pure-noise first step where σ_i² − σ_j² is not). No corrector runs after the final step (σ = 0).
