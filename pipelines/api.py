@@ -52,6 +52,7 @@ def run(pipe: Any, spec: Any, *, stats: dict[str, Any] | None = None, **kwargs: 
     `scale` sets the strength. Pass a dict as `stats` to receive the session's statistics and telemetry.
     """
     session = Session(pipe, spec)
+    session.generator = kwargs.get("generator")
     reference = session.guidance.reference
     kwargs = session.adapter.run_kwargs(kwargs, needs_pipeline_reference=not reference.from_condition)
     kwargs = _with_callback(pipe, kwargs, session)

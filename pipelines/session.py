@@ -119,6 +119,9 @@ class Session:
         self._correction: SamplerCorrection | None = None
         if self.guidance.rule.corrects_sampler:
             self._correction = correction_for(self._scheduler)
+        # PCG's corrector noise where the pipeline passes no generator to its scheduler's step (guidance.run sets the
+        # call's generator; None: torch's global generator)
+        self.generator: Any = None
         self._corrector: Corrector | None = None
         if self.guidance.rule.predictor_corrector:
             check_predictor(self._scheduler)
@@ -259,7 +262,7 @@ class Session:
                                     "pipeline without eta.")
             rows, next_sample = run.batch_size, first_output(out)
             corrected = self._corrector.correct(self, run, bound.arguments["sample"][:rows], next_sample[:rows],
-                                                bound.arguments.get("generator"))
+                                                bound.arguments.get("generator") or self.generator)
             out = with_first_output(out, self.adapter.scheduler_batch(corrected, next_sample.shape[0]))
         if run.correction is not None and self._correction is not None:
             reference, guided = run.correction

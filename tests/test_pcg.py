@@ -266,3 +266,20 @@ def test_pipelines_whose_input_is_not_the_latents_are_refused(family):
     kwargs = strip_scales(tiny_call_kwargs(family, batch=1, num_inference_steps=2))
     with pytest.raises(GuidanceError, match="PCG"):
         guidance.run(tiny_pipeline(family), {"rule": "pcg", "scale": 2.0}, **kwargs)
+
+
+def test_flow_pipelines_draw_the_corrector_noise_from_the_calls_generator():
+    """Flux's scheduler step gets no generator: guidance.run hands the call's to the corrector, so a seed repeats."""
+    kwargs = strip_scales(tiny_call_kwargs("flux", batch=1, num_inference_steps=3))
+    spec = {"rule": "pcg", "scale": 2.0}
+
+    def image(seed: int) -> torch.Tensor:
+        out = guidance.run(tiny_pipeline("flux"), spec, **{**kwargs, "generator": torch.Generator().manual_seed(seed),
+                                                           "output_type": "latent"})
+        return out.images
+
+    torch.manual_seed(1)
+    first = image(0)
+    torch.manual_seed(2)
+    assert torch.equal(first, image(0))
+    assert not torch.equal(first, image(1))
