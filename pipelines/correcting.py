@@ -22,7 +22,8 @@ from .call import DenoiserCall
 if TYPE_CHECKING:
     from .session import Run, Session
 
-PREDICTORS = ("DDIMScheduler", "FlowMatchEulerDiscreteScheduler")  # DDIM, and DDIM's flow-matching form
+# DDIM (CogVideoX's on its SNR-shifted ᾱ), and DDIM's flow-matching form
+PREDICTORS = ("DDIMScheduler", "CogVideoXDDIMScheduler", "FlowMatchEulerDiscreteScheduler")
 
 
 def check_predictor(scheduler: Any) -> None:

@@ -170,7 +170,7 @@ class Inputs:
 
 def pcg_ready(family: str):
     pipe = tiny_pipeline(family)
-    if "FlowMatch" not in type(pipe.scheduler).__name__:
+    if type(pipe.scheduler).__name__ not in ("FlowMatchEulerDiscreteScheduler", "CogVideoXDDIMScheduler"):
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     return pipe
 

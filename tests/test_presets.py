@@ -29,7 +29,7 @@ def test_presets_cover_the_methods_and_families() -> None:
     names = {p.stem for p in PRESETS}
     assert {"sdxl-apg", "sd21-apg", "dit-apg", "sd15-cfgpp", "sdxl-ag", "sdxl-apg-linear-schedule-ag", "dit-icg-tsg",
             "digits-cfg", "sdxl-pag", "sd35-slg", "sdxl-apg-pag", "digits-autoguidance", "qwen-image", "flux-kontext",
-            "ltx-video", "hunyuanvideo", "sdxl-fdg", "sd3-tcfg"} <= names
+            "ltx-video", "hunyuanvideo", "sdxl-fdg", "sd3-tcfg", "sd15-pcg", "digits-pcg", "digits-gfcg"} <= names
 
 
 def on_tiny_blocks(spec: guidance.Guidance, pipe) -> dict:

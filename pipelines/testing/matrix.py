@@ -21,6 +21,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "cfg-zero*": {"scale": 4.0, "rule": "cfg_zero_star"},
     "tcfg": {"scale": 4.0, "rule": "tcfg"},
     "fdg": {"scale": 4.0, "rule": {"name": "fdg", "low_scale": 2.0}},
+    "pcg": {"scale": 3.0, "rule": "pcg"},
     "icg": {"scale": 4.0, "reference": "icg"},
     "tsg": {"scale": 4.0, "reference": "tsg"},
     "ag": {"scale": 4.0, "policy": "adaptive"},
