@@ -22,7 +22,9 @@ from scipy import stats
 
 import guidance
 from guidance.errors import GuidanceError
+from guidance.pipelines.digits import load_pipeline
 from guidance.pipelines.gmm import GaussianMixtureDenoiser, gmm_pipeline, two_class_2d
+from guidance.pipelines.stepping import step_table
 from guidance.pipelines.testing.tiny import FAMILIES, tiny_call_kwargs, tiny_pipeline
 
 from conftest import denoisers, first_layer, strip_scales
@@ -283,3 +285,30 @@ def test_flow_pipelines_draw_the_corrector_noise_from_the_calls_generator():
     torch.manual_seed(2)
     assert torch.equal(first, image(0))
     assert not torch.equal(first, image(1))
+
+
+@pytest.mark.parametrize("extra", [
+    {"schedule": {"name": "interval", "sigma_lo": 0.5, "sigma_hi": 5.0}},
+    {"schedule": "linear", "rescale": 0.7},
+    {"policy": {"name": "adaptive", "threshold": 0.9}},
+    {"reference": "tsg"},
+    {"reference": {"name": "autoguidance", "model": "digits-weak"}},
+], ids=["interval", "linear+rescale", "adaptive", "tsg", "autoguidance"])
+def test_pcg_composes_with_the_axes(extra):
+    """On the digits model: every corrector iteration at level j runs at the schedule's γ_j (1: conditional only)
+    with the spec's reference and policy, and the samples stay finite."""
+    spec = guidance.load({"rule": {"name": "pcg", "corrector_steps": 2}, "scale": 4.0, **extra})
+    pipe = load_pipeline()
+    stats: dict = {}
+    out = guidance.run(pipe, spec, class_labels=[3, 7], num_inference_steps=6, output_type="latent", stats=stats,
+                       generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.images).all()
+    table = DDIMScheduler.from_config(pipe.scheduler.config)
+    table.set_timesteps(6)
+    expected = spec.rule.step_scales(spec.scale, spec.schedule, step_table(table))
+    for record in stats["steps"]:
+        if record["corrector"]:
+            w = expected[record["step"]]
+            assert record["w"] == (1.0 if w is None else pytest.approx(w))
+            if w is None:
+                assert record["branches"] == ["cond"]
