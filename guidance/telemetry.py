@@ -13,6 +13,7 @@ class StepRecord:
     """One denoising step: t, σ (noise-to-signal), w_t, branches run and per-sample agreement of the branches.
 
     w: the step's scheduled scale (λ_t for cfgpp), 1.0 where the schedule makes the step conditional only;
+    samples: B, the samples of the step's batch (reference_rows of them were guided against an evaluated reference);
     branches: ("cond", "reference"), ("cond",) (also where AG has switched every sample off), ("cond", "estimate")
     where LinearAG estimated the reference, () for CFG-Zero*'s zero-init steps, which evaluate nothing.
 
@@ -29,6 +30,7 @@ class StepRecord:
     w: float
     branches: tuple[str, ...]
     reference_rows: int
+    samples: int = 0
     denoiser_rows: int = 0
     cosine: torch.Tensor | None = field(default=None, repr=False)
     delta_norm: torch.Tensor | None = field(default=None, repr=False)
@@ -37,7 +39,7 @@ class StepRecord:
 
     def as_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in ("run", "step", "t", "sigma", "w", "branches",
-                                               "reference_rows", "denoiser_rows")}
+                                               "reference_rows", "samples", "denoiser_rows")}
         out["branches"] = list(self.branches)
         for key in ("cosine", "delta_norm", "latent_rms"):
             out[key] = _numbers(getattr(self, key))
@@ -48,3 +50,37 @@ class StepRecord:
 
 def _numbers(value: torch.Tensor | None) -> list[float] | None:
     return None if value is None else value.detach().float().cpu().tolist()
+
+
+def effective_scales(steps: list[dict[str, Any]], cfgpp: bool = False) -> list[float | None]:
+    """The CFG scale each recorded step of one run (`StepRecord.as_dict`) acted with, so that methods whose `scale`
+    means different things can be compared at matched strength.
+
+    w_t where the reference (or LinearAG's estimate of it) entered the step, 1 where the step was conditional only,
+    and their mean over the samples where AG guided only some of them: 1 + (w_t − 1)·reference_rows/samples; None for
+    CFG-Zero*'s zero-init steps (no combination at all). For CFG++ (`cfgpp`), λ_t becomes the scale of the
+    CFG step it equals, ω_t = λ_t·σ_t/(σ_t − σ_{t+1}) with σ the noise-to-signal ratio (Chung et al., arXiv
+    2406.08070; ALGORITHMS.md: exact for deterministic single-step samplers, the single-step equivalent for DPM++ 2M
+    and DDIM with η > 0); the last step, whose next state the telemetry does not hold, is None. Terms (PAG, SLG, …)
+    add strength that is not counted here.
+    """
+    scales: list[float | None] = []
+    for i, step in enumerate(steps):
+        if not step["branches"]:
+            scales.append(None)
+        elif "reference" not in step["branches"] and "estimate" not in step["branches"]:
+            scales.append(1.0)
+        elif cfgpp and i + 1 == len(steps):
+            scales.append(None)
+        else:
+            w = step["w"] * step["sigma"] / (step["sigma"] - steps[i + 1]["sigma"]) if cfgpp else step["w"]
+            share = 1.0 if "estimate" in step["branches"] or not step.get("samples") else \
+                step["reference_rows"] / step["samples"]
+            scales.append(1.0 + (w - 1.0) * share)
+    return scales
+
+
+def mean_effective_scale(steps: list[dict[str, Any]], cfgpp: bool = False) -> float | None:
+    """The mean of `effective_scales` over the steps that have one (None when none has)."""
+    known = [w for w in effective_scales(steps, cfgpp) if w is not None]
+    return sum(known) / len(known) if known else None
