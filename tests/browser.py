@@ -1,9 +1,11 @@
 """A real headless browser for the page tests: the system's Chromium driven over its DevTools protocol (one
-websocket, websocket-client), nothing downloaded. `browser()` is None where no Chromium is installed."""
+websocket, websocket-client), nothing downloaded. `browser()` is None where no Chromium is installed; the `tab`
+fixture (conftest.py) skips then, unless GUIDANCE_REQUIRE_BROWSER is set (CI), where it fails."""
 
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import shutil
@@ -14,6 +16,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from PIL import Image
 
 EXECUTABLES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 REQUIRED = "GUIDANCE_REQUIRE_BROWSER"  # set by .ci/run: a missing browser fails the page tests instead of skipping
@@ -148,3 +153,19 @@ def browser(width: int = 1280, height: int = 900) -> Iterator[Page | None]:
 
 def required() -> bool:
     return os.environ.get(REQUIRED, "") not in ("", "0")
+
+
+def pixel_spread(png: bytes) -> float:
+    with Image.open(io.BytesIO(png)) as image:
+        return float(np.asarray(image.convert("L"), dtype=np.float64).std())
+
+
+def load(tab: Page, page: Path) -> None:
+    """Open the page; no console error, no failed resource, every image element decoded."""
+    tab.errors.clear()
+    tab.failed.clear()
+    tab.open(page.as_uri())
+    assert tab.evaluate("document.fonts.ready.then(() => document.readyState)") == "complete"
+    sizes = tab.evaluate("[...document.images].map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
+    assert sizes and all(done and width > 0 for _, done, width in sizes), sizes
+    assert tab.errors == [] and tab.failed == []

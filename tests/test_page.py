@@ -4,16 +4,13 @@ Chromium, that it loads without errors, shows every image, compares two cells an
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import guidance
 from guidance.app.cli import main
@@ -21,7 +18,7 @@ from guidance.app.page import differing
 from guidance.pipelines.digits import load_pipeline
 from guidance.telemetry import effective_scales, mean_effective_scale
 
-from browser import browser, executable, required
+from browser import load, pixel_spread
 
 STEPS = 3
 SWEEP = ["sweep", "--set", "class_labels=[7]", "--set", f"sampler.steps={STEPS}", "--grid", "guidance.scale=1,3",
@@ -136,31 +133,6 @@ def test_a_restarted_sweep_rewrites_the_page_from_disk(tmp_path) -> None:
     kept = [m for cell in before["cells"] for m in cell["media"] if not m["src"].startswith(str(redo.relative_to(out)))]
     assert all(m in [n for cell in after["cells"] for n in cell["media"]] for m in kept)
     assert embedded(out / "index.html") == after
-
-
-def pixel_spread(png: bytes) -> float:
-    with Image.open(io.BytesIO(png)) as image:
-        return float(np.asarray(image.convert("L"), dtype=np.float64).std())
-
-
-@pytest.fixture(scope="module")
-def tab():
-    if executable() is None and not required():
-        pytest.skip("no Chromium installed (CI installs it and sets GUIDANCE_REQUIRE_BROWSER=1)")
-    with browser() as page:
-        assert page is not None, "GUIDANCE_REQUIRE_BROWSER is set but no chromium is installed"
-        yield page
-
-
-def load(tab, page: Path) -> None:
-    """Open the page; no console error, no failed resource, every image element decoded."""
-    tab.errors.clear()
-    tab.failed.clear()
-    tab.open(page.as_uri())
-    assert tab.evaluate("document.fonts.ready.then(() => document.readyState)") == "complete"
-    sizes = tab.evaluate("[...document.images].map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
-    assert sizes and all(done and width > 0 for _, done, width in sizes), sizes
-    assert tab.errors == [] and tab.failed == []
 
 
 def test_the_sweep_page_in_a_browser(swept, tab, tmp_path) -> None:
