@@ -255,7 +255,7 @@ def _page_cells(planned: list[tuple[str, RunConfig]], all_runs: list[Run], base:
                                   "denoiser_rows": number(record["denoiser_rows"] * share_of) if record else None,
                                   "mean_w": number(mean_w)})
         telemetry = summary(calls, cfgpp)
-        method = ", ".join(f"{k}={v}" for k, v in settings[cell].items() if k != "guidance.scale") or "guidance"
+        method = ", ".join(f"{k}={v}" for k, v in settings[cell].items() if k != "guidance.scale") or "base config"
         out.append({"settings": settings[cell], "method": method, "telemetry": telemetry, "media": media,
                     "mean_w": number(mean([m["mean_w"] for m in media]))})
     return out
