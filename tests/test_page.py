@@ -14,7 +14,7 @@ import torch
 
 import guidance
 from guidance.app.cli import main
-from guidance.app.page import differing
+from guidance.app.page import differing, write_page
 from guidance.pipelines.digits import load_pipeline
 from guidance.telemetry import effective_scales, mean_effective_scale
 
@@ -82,6 +82,18 @@ def test_differing_keeps_only_what_differs() -> None:
                                            "guidance.rule.eta": 0.0}]
     assert differing(cells, None) == [{"guidance.scale": 3.0, "guidance.rule.name": "cfg"},
                                       {"guidance.scale": 1.0, "guidance.rule.name": "apg", "guidance.rule.eta": 0.0}]
+
+
+def test_the_page_embeds_any_text_of_its_data_file_safely(tmp_path) -> None:
+    data = {"kind": "sweep", "note": "</script><script>alert(1)</script> <!-- x"}
+    (tmp_path / "sweep.json").write_text(json.dumps(data))
+    page = write_page(tmp_path, "sweep.json")
+    assert page.read_text().count("</script>") == 2  # the data element's and the script's own
+    assert embedded(page) == data
+    (tmp_path / "sweep.json").write_text('{"kind": "sweep", "cells": [')  # a cut file is never shown
+    with pytest.raises(ValueError):
+        write_page(tmp_path, "sweep.json")
+    assert embedded(page) == data
 
 
 @pytest.fixture(scope="module")

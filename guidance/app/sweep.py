@@ -128,7 +128,8 @@ def runs(planned: list[tuple[str, RunConfig]], seeds: list[int], out_dir: Path) 
 
 
 def record_path(task: Task) -> Path:
-    """Where a call's record (wall time, denoiser rows, per-step telemetry) is kept, beside its images."""
+    """Where a call's record is kept, beside its images: the digest of its config, its wall time (the pipeline call
+    and writing its files), its denoiser rows and per-step telemetry."""
     return task.run.folder / f"{task.run.config.output.prefix}-{task.job.index:03d}.json"
 
 
