@@ -495,4 +495,5 @@ class Session:
         run.records.append(StepRecord(
             run=len(self._runs) - 1, step=k, t=run.table.timesteps[k], sigma=run.table.sigma[k],
             w=1.0 if w is None else w, branches=step.branches, reference_rows=step.reference_rows,
+            samples=run.batch_size,
             cosine=step.cosine, delta_norm=step.delta_norm, terms=step.terms, corrector=run.correcting))

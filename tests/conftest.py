@@ -77,3 +77,16 @@ def output_tensor(out) -> torch.Tensor:
 def strip_scales(kwargs: dict) -> dict:
     """Call kwargs without the CFG strength arguments guidance.run sets itself."""
     return {k: v for k, v in kwargs.items() if k not in ("guidance_scale", "true_cfg_scale")}
+
+
+@pytest.fixture(scope="module")
+def tab():
+    """A headless Chromium tab (tests/browser.py), shared by a module's tests; skipped where no Chromium is installed,
+    except under GUIDANCE_REQUIRE_BROWSER (CI), where a missing browser fails."""
+    from browser import browser, executable, required
+
+    if executable() is None and not required():
+        pytest.skip("no Chromium installed (CI installs it and sets GUIDANCE_REQUIRE_BROWSER=1)")
+    with browser() as page:
+        assert page is not None, "GUIDANCE_REQUIRE_BROWSER is set but no Chromium is installed"
+        yield page

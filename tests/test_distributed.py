@@ -1,14 +1,18 @@
 """Sweeps split over processes (accelerate's launcher, torchrun underneath; gloo on CPU): each pipeline call made
-exactly once, the same bytes as a single-process run, a restart makes only what is missing, errors reported once."""
+exactly once, the same bytes as a single-process run (but for the measured wall times), a restart makes only what is
+missing, errors reported once."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,10 +34,32 @@ def cli(cwd: Path, *command: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
 
 
-def contents(folder: Path) -> dict[str, bytes]:
-    """Every file under folder (hidden temporaries excluded) by relative path."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and not p.name.startswith(".")}
+def without_times(value: Any) -> Any:
+    """`value` without the wall times ("seconds") it records: the one thing two runs cannot share."""
+    if isinstance(value, dict):
+        return {key: without_times(item) for key, item in value.items() if key != "seconds"}
+    if isinstance(value, list):
+        return [without_times(item) for item in value]
+    return value
+
+
+def contents(folder: Path) -> dict[str, Any]:
+    """Every file under folder (hidden temporaries excluded) by relative path: its bytes, or for the JSON files and
+    the page (its markup and the data it embeds) the content without wall times."""
+    out: dict[str, Any] = {}
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        name = str(path.relative_to(folder))
+        if path.suffix == ".json":
+            out[name] = without_times(json.loads(path.read_text()))
+        elif path.suffix == ".html":
+            markup, data, rest = re.split(r'(?<=id="data">)(.*?)(?=</script>)', path.read_text(), maxsplit=1,
+                                          flags=re.S)
+            out[name] = (markup + rest, without_times(json.loads(data)))
+        else:
+            out[name] = path.read_bytes()
+    return out
 
 
 @contextmanager
@@ -83,7 +109,7 @@ def test_two_processes_write_the_same_bytes_as_one(outputs) -> None:
     one, two = outputs
     reference = contents(one)
     assert len([name for name in reference if name.endswith(".png")]) == 4 * 2 * 4 + 1
-    assert {"grid.png", "sweep.json"} <= set(reference)
+    assert {"grid.png", "sweep.json", "index.html"} <= set(reference)
     assert contents(two) == reference
 
 

@@ -26,6 +26,7 @@ from guidance.pipelines.digits import load_pipeline
 from guidance.pipelines.gmm import GaussianMixtureDenoiser, gmm_pipeline, two_class_2d
 from guidance.pipelines.stepping import step_table
 from guidance.pipelines.testing.tiny import FAMILIES, tiny_call_kwargs, tiny_pipeline
+from guidance.telemetry import effective_scales
 
 from conftest import denoisers, first_layer, strip_scales
 
@@ -312,3 +313,17 @@ def test_pcg_composes_with_the_axes(extra):
             assert record["w"] == (1.0 if w is None else pytest.approx(w))
             if w is None:
                 assert record["branches"] == ["cond"]
+
+
+def test_effective_scale_of_a_pcg_step_is_ddpm_cfgs_w():
+    """Each corrector iteration at γ adds r·(γ − 1)/2 to its pipeline step's effective scale (the DDPM-CFG w it amounts
+    to, §32); AG's share of guided samples scales it; the corrector records themselves have none."""
+    def record(branches, w, corrector=0, reference_rows=2):
+        return {"branches": list(branches), "w": w, "sigma": 1.0, "reference_rows": reference_rows, "samples": 2,
+                "corrector": corrector}
+
+    steps = [record(["cond"], 1.0, reference_rows=0), record(["cond", "reference"], 5.0, 1),
+             record(["cond", "reference"], 5.0, 2, reference_rows=1), record(["cond"], 1.0, reference_rows=0),
+             record(["cond"], 1.0, 1, reference_rows=0), record(["cond"], 1.0, reference_rows=0)]
+    rule = {"name": "pcg", "corrector_steps": 2, "step_size": 0.5}
+    assert effective_scales(steps, rule) == [1 + 0.5 * 4 / 2 + 0.5 * 4 / 2 * 0.5, None, None, 1.0, None, 1.0]

@@ -111,7 +111,8 @@ def test_ctrl_c_exits_130_and_leaves_no_partial_file(tmp_path, monkeypatch, caps
     assert main([command, "--out", str(out), *FAST]) == 130
     assert "interrupted" in capsys.readouterr().err
     written = [p for p in out.rglob("*") if p.is_file()]
-    assert [p.suffix for p in written] == [".png"]  # the finished first image; no temporary or partial file
+    # the finished first image (a sweep: and its call's record); no temporary or partial file
+    assert sorted(p.suffix for p in written) == ([".json", ".png"] if command == "sweep" else [".png"])
     monkeypatch.undo()
     assert main([command, "--out", str(out), *FAST] + (["--overwrite"] if command == "generate" else [])) == 0
 

@@ -3,6 +3,8 @@ config (regenerable bit for bit), and `sweep` grids show their first frames."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from pathlib import Path
 
@@ -120,3 +122,31 @@ def test_frames_on_an_image_pipeline_is_refused(tmp_path) -> None:
     config = validate({"sampler": {"frames": 5, "steps": 2}}, "digits.yaml")
     with pytest.raises(GuidanceError, match="sampler.frames is set but .* no `num_frames`"):
         generate(config, tmp_path / "out", progress=False)
+
+
+def test_the_sweep_page_shows_first_frames_and_plays_the_videos(tmp_path, wan_folder, tab) -> None:
+    from browser import load
+
+    out = tmp_path / "sweep"
+    assert main(["sweep", "-c", str(run_config(tmp_path, wan_folder)), "--grid", "guidance.scale=1,6",
+                 "--seeds", "0", "--out", str(out), "--no-progress"]) == 0
+    media = [m for cell in json.loads((out / "sweep.json").read_text())["cells"] for m in cell["media"]]
+    assert len(media) == 4 and all(m["video"] and m["src"].endswith(".webp") for m in media)
+    load(tab, out / "index.html")
+    first = frames_of(out / media[0]["src"])[0]
+    box = tab.evaluate("""(() => { const c = document.querySelector('#grid figure canvas');
+        const r = c.getBoundingClientRect(); return [c.width, c.height, r.x + scrollX, r.y + scrollY, r.width]; })()""")
+    assert box[:2] == [first.shape[1], first.shape[0]]
+    shot = tab.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
+                    clip={"x": box[2], "y": box[3], "width": box[4], "height": box[4], "scale": 1})
+    with Image.open(io.BytesIO(base64.b64decode(shot["data"]))) as image:
+        shown = np.asarray(image.convert("RGB"))
+    zoom = shown.shape[0] / first.shape[0]
+    centres = ((np.arange(first.shape[0]) + 0.5) * zoom).astype(int)
+    assert np.abs(shown[np.ix_(centres, centres)].astype(int) - first).max() <= 2  # the canvas shows the first frame
+    shown = tab.evaluate("""(() => { const f = document.querySelector('#grid figure');
+        const b = f.querySelector('button');
+        const visible = () => [f.querySelector('canvas'), f.querySelector('img')].map(e => getComputedStyle(e).display);
+        const before = visible(); b.click(); return [before, visible()]; })()""")
+    assert shown == [["block", "none"], ["none", "block"]]  # ▶ swaps the first frame for the playing video
+    assert tab.errors == []

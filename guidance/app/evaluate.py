@@ -2,8 +2,9 @@
 
 Per setting: class accuracy and confidence (a classifier trained separately from the model), Fréchet distance
 and k-NN precision/recall in that classifier's features against held-out real digits, saturation of the raw
-samples, within-class feature diversity, denoiser rows and wall time. Writes a markdown and a CSV table, image
-grids, and plots (metric vs scale per method; per-step telemetry).
+samples, within-class feature diversity, denoiser rows, wall time and the mean effective scale (telemetry.py). Writes
+a markdown and a CSV table, image grids, plots (metric vs scale per method; per-step telemetry), and the comparison
+page (index.html) with its data file (evaluation.json).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ..pipelines.digits import (
     load_pipeline,
 )
 from ..spec import load
+from ..telemetry import mean_effective_scale
 from .config import EvaluationFile
 from .metrics import class_diversity, frechet_distance, knn_precision_recall, saturation
 
@@ -146,7 +148,7 @@ def evaluate(settings: Sequence[Setting], samples: int = 500, seed: int = 0, bat
     reference = real_reference(classifier, samples, seed)
     pipelines = dict(pipelines or {})
     labels = balanced_labels(samples)
-    rows, telemetry, grids = [], {}, {}
+    rows, telemetry, grids, specs = [], {}, {}, {}
     bar = tqdm(total=samples * len(settings), desc="evaluate", unit="sample", disable=not progress)
     for setting in settings:
         bar.set_postfix_str(setting.name)
@@ -155,17 +157,21 @@ def evaluate(settings: Sequence[Setting], samples: int = 500, seed: int = 0, bat
         pipe = pipelines[setting.model]
         wanted = [pipe.null_class] * samples if setting.unconditional else labels
         images, stats, seconds = generate(pipe, setting, wanted, seed, batch, bar)
+        spec = load(setting.spec)
         row = {"setting": setting.name, "method": setting.method, "model": setting.model,
-               "scale": load(setting.spec).scale, "steps": setting.steps,
+               "scale": spec.scale, "mean_w": mean_effective_scale(stats["steps"], spec.rule.to_spec()),
+               "steps": setting.steps,
                **measure(images, None if setting.unconditional else labels, classifier, reference),
                "denoiser_rows": stats["denoiser_rows"],
                "rows_per_sample": stats["denoiser_rows"] / samples, "seconds": seconds}
         rows.append(row)
         telemetry[setting.name] = stats["steps"]
         grids[setting.name] = images
+        specs[setting.name] = {"guidance": spec.to_spec(), "model": setting.model, "steps": setting.steps,
+                               "eta": setting.eta, "unconditional": setting.unconditional}
     bar.close()
     if out is not None:
         from .report import write_report
 
-        write_report(Path(out), rows, telemetry, grids, labels, reference)
+        write_report(Path(out), rows, telemetry, grids, labels, reference, specs, seed)
     return rows

@@ -142,9 +142,10 @@ def prepare(out_dir: Path, jobs: list[Job], overwrite: bool, resume: bool, confi
     return todo
 
 
-def make(pipe: Any, config: RunConfig, job: Job) -> list[Path]:
-    """Run one job's pipeline call and write its images or videos; returns the files written."""
-    result = run(pipe, config.guidance, **call_kwargs(pipe, config, [job.item], job.seed))
+def make(pipe: Any, config: RunConfig, job: Job, stats: dict[str, Any] | None = None) -> list[Path]:
+    """Run one job's pipeline call and write its images or videos; returns the files written. `stats` receives the
+    call's denoiser rows and per-step telemetry (as `guidance.run`'s)."""
+    result = run(pipe, config.guidance, stats=stats, **call_kwargs(pipe, config, [job.item], job.seed))
     outputs = result.images if config.sampler.frames is None else result.frames
     written = []
     for position, (output, path) in enumerate(zip(outputs, job.files, strict=True)):

@@ -1,8 +1,10 @@
-"""Evaluation output: markdown and CSV tables, labelled image grids, metric and telemetry plots."""
+"""Evaluation output: markdown and CSV tables, labelled image grids, metric and telemetry plots, and the comparison
+page with its data file (evaluation.json, page.py)."""
 
 from __future__ import annotations
 
 import csv
+import json
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -13,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-COLUMNS = ("setting", "scale", "steps", "accuracy", "confidence", "fd", "precision", "recall", "diversity",
+COLUMNS = ("setting", "scale", "mean_w", "steps", "accuracy", "confidence", "fd", "precision", "recall", "diversity",
            "beyond_range", "mean_abs", "rows_per_sample", "seconds")
 PLOTTED = ("accuracy", "fd", "beyond_range", "mean_abs", "precision", "recall", "diversity", "rows_per_sample")
 
@@ -108,9 +110,33 @@ def plot_telemetry(path: Path, telemetry: dict[str, list[dict[str, Any]]]) -> No
     plt.close(figure)
 
 
+def _page_data(rows: list[dict[str, Any]], telemetry: dict[str, list[dict[str, Any]]], specs: dict[str, Any],
+               samples: int, seed: int) -> dict[str, Any]:
+    """evaluation.json: per setting its differing settings, its image grid, time and rows per sample, mean effective
+    scale and per-step telemetry; the metrics table and what the metric plots show."""
+    from .page import differing, number, summary
+
+    settings = differing([specs[row["setting"]] for row in rows], None)
+    cells = [{"cell": row["setting"], "settings": changed, "method": row["method"], "mean_w": number(row["mean_w"]),
+              "telemetry": summary([telemetry[row["setting"]]], specs[row["setting"]]["guidance"]["rule"]),
+              "media": [{"src": f"grids/{slug(row['setting'])}.png", "seed": seed, "item": "every class",
+                         "image": 0, "video": False, "column": "samples (a row per class)",
+                         "seconds": number(row["seconds"] / samples),
+                         "denoiser_rows": number(row["rows_per_sample"]), "mean_w": number(row["mean_w"])}]}
+             for row, changed in zip(rows, settings, strict=True)]
+    table = [{key: number(value) if isinstance(value, float) else value for key, value in row.items()} for row in rows]
+    metrics = {"columns": ["method", *COLUMNS], "plotted": list(PLOTTED), "rows": table}
+    return {"kind": "evaluation", "samples": samples, "seed": seed, "cells": cells, "metrics": metrics}
+
+
 def write_report(out: Path, rows: list[dict[str, Any]], telemetry: dict[str, list[dict[str, Any]]],
-                 grids: dict[str, torch.Tensor], labels: Sequence[int], reference: Any) -> None:
-    """results.md / results.csv, grids/<setting>.png, plots/metrics.png and plots/telemetry-<method>.png."""
+                 grids: dict[str, torch.Tensor], labels: Sequence[int], reference: Any, specs: dict[str, Any],
+                 seed: int) -> None:
+    """results.md / results.csv, grids/<setting>.png, plots/metrics.png, plots/telemetry-<method>.png, and
+    evaluation.json with the page that shows it (index.html); `specs`: each setting's guidance and sampler."""
+    from .media import atomic_write
+    from .page import write_page
+
     (out / "grids").mkdir(parents=True, exist_ok=True)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     write_csv(out / "results.csv", rows)
@@ -123,3 +149,6 @@ def write_report(out: Path, rows: list[dict[str, Any]], telemetry: dict[str, lis
     for method in dict.fromkeys(row["method"] for row in rows):
         names = [row["setting"] for row in rows if row["method"] == method]
         plot_telemetry(out / "plots" / f"telemetry-{slug(method)}.png", {n: telemetry[n] for n in names})
+    text = json.dumps(_page_data(rows, telemetry, specs, len(labels), seed), indent=1)
+    atomic_write(out / "evaluation.json", lambda path: Path(path).write_text(text))
+    write_page(out, "evaluation.json")

@@ -1,5 +1,7 @@
 """`guidance sweep`: a grid over any config fields × seeds — one folder of images per cell, a labelled image
-grid and a table. Resumable: images already made from the same cell config are kept, not redone.
+grid, a data file (sweep.json) and the comparison page that shows it (index.html, page.py). Resumable: images
+already made from the same cell config, with the record of their call (wall time, denoiser rows, telemetry), are
+kept, not redone.
 
 Distributed: under `accelerate launch` or `torchrun`, each process makes every N-th pending pipeline call of one
 global, ordered list (a call's images share one generator, so it is the unit of work) with the seed of the
@@ -7,11 +9,13 @@ single-process run, then the main process writes the grid and the table from the
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,10 +28,12 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from ..errors import GuidanceError, shorten
+from ..telemetry import mean_effective_scale
 from .config import MAX_SEED, RunConfig, parse_value, set_path, validate
 from .generate import Job, call_kwargs, make, plan, prepare
 from .loading import load_model
 from .media import atomic_write
+from .page import differing, mean, number, summary, write_page
 from .report import slug
 
 T = TypeVar("T")
@@ -121,10 +127,34 @@ def runs(planned: list[tuple[str, RunConfig]], seeds: list[int], out_dir: Path) 
             for cell, (label, config) in enumerate(planned) for seed in seeds]
 
 
+def record_path(task: Task) -> Path:
+    """Where a call's record is kept, beside its images: the digest of its config, its wall time (the pipeline call
+    and writing its files), its denoiser rows and per-step telemetry."""
+    return task.run.folder / f"{task.run.config.output.prefix}-{task.job.index:03d}.json"
+
+
+def _digest(config: RunConfig) -> str:
+    return hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_record(task: Task) -> dict[str, Any] | None:
+    """The call's record if it was written for this very config (None otherwise)."""
+    try:
+        record = json.loads(record_path(task).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("config") == _digest(task.run.config) else None
+
+
 def pending(all_runs: list[Run], overwrite: bool) -> list[Task]:
-    """The calls still to make, in one global order, after every overwrite and folder check (before any work)."""
-    return [Task(run, job) for run in all_runs
-            for job in prepare(run.folder, plan(run.config, run.folder), overwrite, True, run.config)]
+    """The calls still to make, in one global order, after every overwrite and folder check (before any work): a
+    call is done when its images are made from its config and its record is on disk (written last)."""
+    tasks = []
+    for run in all_runs:
+        jobs = plan(run.config, run.folder)
+        todo = prepare(run.folder, jobs, overwrite, True, run.config)
+        tasks += [task for task in (Task(run, job) for job in jobs) if task.job in todo or read_record(task) is None]
+    return tasks
 
 
 def share(items: Sequence[T], index: int, count: int) -> list[T]:
@@ -189,12 +219,53 @@ def _work(calls: list[tuple[Any, Task]], state: Any, progress: bool) -> None:
     """Make this process's calls; only the main process shows a progress bar."""
     label = "sweep" if state.num_processes == 1 else f"sweep (process 1 of {state.num_processes})"
     for pipe, task in tqdm(calls, desc=label, unit="call", disable=not (progress and state.is_main_process)):
-        make(pipe, task.run.config, task.job)
+        stats: dict[str, Any] = {}
+        start = time.perf_counter()
+        make(pipe, task.run.config, task.job, stats)
+        text = json.dumps({"config": _digest(task.run.config), "seconds": time.perf_counter() - start,
+                           "denoiser_rows": stats["denoiser_rows"], "steps": stats["steps"]})
+        atomic_write(record_path(task), lambda path, text=text: Path(path).write_text(text))
+
+
+def _base(data: dict[str, Any], source: str) -> dict[str, Any] | None:
+    """The resolved base config the grid varies (None when only the grid's values make it valid)."""
+    try:
+        return validate(data, source).model_dump(mode="json")
+    except GuidanceError:
+        return None
+
+
+def _page_cells(planned: list[tuple[str, RunConfig]], all_runs: list[Run], base: dict[str, Any] | None,
+                out_dir: Path) -> list[dict[str, Any]]:
+    """Per cell, what the page shows: its differing settings, each image with its seed, item, wall time and
+    denoiser rows (its call's, shared by its `batch` images), the mean effective scale, and per-step telemetry."""
+    settings = differing([config.model_dump(mode="json") for _, config in planned], base)
+    out = []
+    for cell, (_, config) in enumerate(planned):
+        media, calls, rule = [], [], config.guidance.rule.to_spec()
+        for run in (run for run in all_runs if run.cell == cell):
+            for job in plan(run.config, run.folder):
+                record = read_record(Task(run, job)) or {}
+                steps, share_of = record.get("steps") or [], 1 / len(job.targets)
+                calls.append(steps)
+                mean_w = mean_effective_scale(steps, rule) if steps else None
+                for position, path in enumerate(job.targets):
+                    media.append({"src": path.relative_to(out_dir).as_posix(), "seed": run.config.sampler.seed,
+                                  "item": job.item, "image": position, "video": path.suffix == ".webp",
+                                  "seconds": number(record["seconds"] * share_of) if record else None,
+                                  "denoiser_rows": number(record["denoiser_rows"] * share_of) if record else None,
+                                  "mean_w": number(mean_w)})
+        telemetry = summary(calls, rule)
+        method = ", ".join(f"{k}={v}" for k, v in settings[cell].items() if k != "guidance.scale") or "base config"
+        out.append({"settings": settings[cell], "method": method, "telemetry": telemetry, "media": media,
+                    "mean_w": number(mean([m["mean_w"] for m in media]))})
+    return out
 
 
 def _write_results(planned: list[tuple[str, RunConfig]], all_runs: list[Run], axes: list[tuple[str, list[Any]]],
-                   seeds: list[int], out_dir: Path) -> Path:
-    """grid.png (a row per cell, a column per seed and image) and sweep.json; returns the grid's path."""
+                   seeds: list[int], out_dir: Path, base: dict[str, Any] | None) -> Path:
+    """grid.png (a row per cell, a column per seed and image), sweep.json (the data, also what the page shows) and
+    index.html (the page); returns the grid's path."""
     files = [[f for run in all_runs if run.cell == cell for job in plan(run.config, run.folder) for f in job.targets]
              for cell in range(len(planned))]
     missing = [str(f) for row in files for f in row if not f.is_file()]
@@ -205,12 +276,14 @@ def _write_results(planned: list[tuple[str, RunConfig]], all_runs: list[Run], ax
     rows = [(label, row) for (label, _), row in zip(planned, files, strict=True)]
     per_seed = len(files[0]) // len(seeds)
     columns = [f"seed {s}" + (f" #{i}" if per_seed > 1 else "") for s in seeds for i in range(per_seed)]
-    table = [{"cell": label, "folder": str(out_dir / slug(label)), "images": [str(f) for f in row]}
-             for label, row in rows]
+    table = [{"cell": label, "folder": str(out_dir / slug(label)), "images": [str(f) for f in row], **page}
+             for (label, row), page in zip(rows, _page_cells(planned, all_runs, base, out_dir), strict=True)]
     grid = out_dir / "grid.png"
     atomic_write(grid, lambda path: _labelled_grid(rows, columns).save(path, format="PNG"))
     atomic_write(out_dir / "sweep.json", lambda path: Path(path).write_text(json.dumps(
-        {"grid": [{"key": k, "values": v} for k, v in axes], "seeds": seeds, "cells": table}, indent=1)))
+        {"kind": "sweep", "grid": [{"key": k, "values": v} for k, v in axes], "seeds": seeds, "base": base,
+         "cells": table}, indent=1)))
+    write_page(out_dir, "sweep.json")
     return grid
 
 
@@ -233,7 +306,9 @@ def sweep(data: dict[str, Any], axes: list[tuple[str, list[Any]]], seeds: list[i
         planned, all_runs, calls = prepared
         _work(calls, state, progress)
         state.wait_for_everyone()
-        return _write_results(planned, all_runs, axes, seeds, out_dir) if state.is_main_process else None
+        if not state.is_main_process:
+            return None
+        return _write_results(planned, all_runs, axes, seeds, out_dir, _base(data, source))
     finally:  # a process group left to the interpreter's exit can abort the process ("terminate called …")
         if state.num_processes > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
