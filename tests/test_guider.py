@@ -1,0 +1,155 @@
+"""`guidance.as_guider` in the modular pipelines diffusers ships (docs/CONVENTIONS.md §33): SDXL, Wan and Qwen-Image
+where the installed diffusers has them, built from the tiny standard pipelines' components. The modular pipeline with
+the guider equals guidance.run on the standard pipeline with the same components, seeds and steps (≤ 1e-5); stock CFG
+also equals diffusers' own ClassifierFreeGuidance guider there.
+
+Both pipelines run in float64: in float32 the standard SDXL pipeline's joined [uncond; cond] UNet call and the modular
+loop's call per condition differ by batch-composition rounding (2.4e-5 after 4 steps of diffusers' own CFG, measured),
+which says nothing about guidance; in float64 they agree to 2e-15. Wan keeps its latents in float32 in both pipelines.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers.guiders import ClassifierFreeGuidance
+
+import guidance
+from guidance.errors import GuidanceError
+from guidance.pipelines.guider import GuidanceGuider
+from guidance.pipelines.testing.modular import modular_latents, modular_pipeline, standard_latents
+from guidance.pipelines.testing.tiny import tiny_call_kwargs, tiny_pipeline
+
+FAMILIES = ("sdxl", "wan", "qwenimage", "flux")
+# a perturbed-network term each family's guider serves: PAG's identity attention where the family has diffusers
+# Attention self-attention; Wan's attention has no identity path (§27), so SLG's skipped block there
+PERTURBED = {"sdxl": {"reference": "pag", "scale": 3.0},
+             "wan": {"reference": {"name": "slg", "layers": [1]}, "scale": 2.0},
+             "qwenimage": {"reference": {"name": "pag", "layers": ["transformer_blocks.1"]}, "scale": 2.0}}
+SPECS = {
+    "cfg": {"scale": 5.0},
+    "apg": {"rule": "apg", "scale": 8.0},
+    "schedule": {"scale": 5.0, "schedule": "linear"},
+    "icg": {"scale": 4.0, "reference": "icg"},
+    "tsg": {"scale": 4.0, "reference": "tsg"},
+    "perturbed_term": None,  # cfg plus the family's PERTURBED term
+    "interval_rescale": {"scale": 6.0, "schedule": {"name": "interval", "sigma_lo": 0.5, "sigma_hi": 30.0},
+                         "rescale": 0.5},
+}
+
+
+def call_kwargs(family: str) -> dict:
+    """Fresh call arguments (a fresh generator: 0.35's modular pipeline consumes the one it is given), in float64."""
+    kwargs = tiny_call_kwargs(family, batch=2, seed=1)
+    kwargs = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kwargs.items()}
+    return {**kwargs, "output_type": "latent"}
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def pipes(request):
+    """(family, standard pipeline, modular pipeline on its components); skipped, with diffusers' reason, where the
+    installed diffusers has no modular pipeline of the family that a guider can serve."""
+    family = request.param
+    standard = tiny_pipeline(family).to(torch.float64)
+    try:
+        modular = modular_pipeline(family, standard)
+    except LookupError as reason:
+        pytest.skip(str(reason))
+    try:  # diffusers' own pipeline with its own guider: 0.35's modular Wan cannot read its prompt embeddings
+        modular_latents(modular, call_kwargs(family))
+    except AttributeError as error:
+        pytest.skip(f"diffusers' modular {family} pipeline fails with its own guider: {error}")
+    return family, standard, modular
+
+
+def call_kwargs_without_scales(family: str) -> dict:
+    """call_kwargs for guidance.run, which sets the pipeline's CFG switch itself."""
+    return {k: v for k, v in call_kwargs(family).items() if k not in ("guidance_scale", "true_cfg_scale")}
+
+
+def run_both(pipes, spec) -> tuple[torch.Tensor, torch.Tensor]:
+    family, standard, modular = pipes
+    modular.update_components(guider=guidance.as_guider(spec, scheduler=modular.scheduler))
+    got = modular_latents(modular, call_kwargs(family))
+    kwargs = call_kwargs_without_scales(family)
+    return got, standard_latents(family, standard, guidance.run(standard, spec, **kwargs), kwargs)
+
+
+@pytest.mark.parametrize("method", list(SPECS))
+def test_modular_guider_equals_run(pipes, method: str) -> None:
+    family = pipes[0]
+    spec = SPECS[method] or {"scale": 5.0, "terms": [PERTURBED[family]]}
+    got, expected = run_both(pipes, spec)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() <= 1e-5
+    unguided, _ = run_both(pipes, {"scale": 1.0})
+    assert (got - unguided).abs().max() > 1e-2  # the method guided
+
+
+def test_cfg_equals_diffusers_guider(pipes) -> None:
+    """Stock CFG as a guider equals diffusers' own ClassifierFreeGuidance guider in the same pipeline."""
+    family, _, modular = pipes
+    modular.update_components(guider=ClassifierFreeGuidance(guidance_scale=4.5))
+    expected = modular_latents(modular, call_kwargs(family))
+    modular.update_components(guider=guidance.as_guider({"scale": 4.5}, scheduler=modular.scheduler))
+    assert (modular_latents(modular, call_kwargs(family)) - expected).abs().max() <= 1e-5
+
+
+def test_adaptive_guidance_switches_per_sample(pipes) -> None:
+    """AG with γ̄ between the two samples' first cosines: one sample switches off after the first step and keeps D_c
+    while the other is still guided, as with guidance.run."""
+    family, standard, _ = pipes
+    stats: dict = {}
+    guidance.run(standard, {"scale": 5.0}, stats=stats, **call_kwargs_without_scales(family))
+    first = stats["steps"][0]["cosine"]
+    spec = {"scale": 5.0, "policy": {"name": "adaptive", "threshold": sum(first) / len(first)}}
+    stats = {}
+    guidance.run(standard, spec, stats=stats, **call_kwargs_without_scales(family))
+    assert [step["reference_rows"] for step in stats["steps"]][:2] == [2, 1]
+    got, expected = run_both(pipes, spec)
+    assert (got - expected).abs().max() <= 1e-5
+
+
+def test_saved_guider_loads_equal(pipes, tmp_path) -> None:
+    """The guider's config is the spec: saved and loaded (and made again from its config) it guides the same; loaded,
+    it needs the scheduler again."""
+    family, _, modular = pipes
+    spec = {"rule": "apg", "scale": 6.0, "schedule": "cosine", "terms": [PERTURBED[family]]}
+    got, expected = run_both(pipes, spec)
+    guidance.as_guider(spec).save_pretrained(tmp_path)
+    loaded = GuidanceGuider.from_pretrained(tmp_path)
+    assert guidance.load(loaded.config["spec"]) == guidance.load(spec)
+    modular.update_components(guider=loaded)
+    with pytest.raises(GuidanceError, match="has no scheduler"):
+        modular_latents(modular, call_kwargs(family))
+    modular.update_components(guider=GuidanceGuider.from_config(loaded.config))
+    modular.guider.scheduler = modular.scheduler
+    assert (modular_latents(modular, call_kwargs(family)) - expected).abs().max() <= 1e-5
+    assert (got - expected).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize(("spec", "reason"), [
+    ({"rule": "cfgpp"}, "renoises with the reference's noise estimate inside the scheduler's step"),
+    ({"rule": "pcg"}, "corrector evaluates the denoiser again"),
+    ({"terms": [{"reference": {"name": "autoguidance", "model": "digits-weak"}, "scale": 1.0}]},
+     "rows run through another network"),
+    ({"terms": [{"reference": {"name": "gfcg", "classifier": "digits"}, "scale": 1.0}]}, "class-conditional"),
+])
+def test_refused_with_reason(spec: dict, reason: str) -> None:
+    with pytest.raises(GuidanceError, match="cannot run as a diffusers guider") as error:
+        guidance.as_guider(spec)
+    assert reason in str(error.value)
+
+
+def test_family_refusals(pipes) -> None:
+    """What a family's loop cannot serve is refused at its first batch: PAG on Wan (no identity attention path, §27),
+    CFG-Zero*'s zero-init on Qwen-Image (its loop rescales the guided prediction to the conditional norm: 0/0)."""
+    family, _, modular = pipes
+    refused = {"wan": ({"terms": [{"reference": "pag", "scale": 3.0}]}, "pag"),
+               "qwenimage": ({"rule": "cfg_zero_star"}, "zero_init_steps: 0")}
+    if family not in refused:
+        pytest.skip(f"{family}'s modular loop serves every guider spec the standard pipeline serves")
+    spec, message = refused[family]
+    modular.update_components(guider=guidance.as_guider(spec, scheduler=modular.scheduler))
+    with pytest.raises(GuidanceError, match=message):
+        modular_latents(modular, call_kwargs(family))
