@@ -87,6 +87,15 @@ def test_modular_guider_equals_run(pipes, method: str) -> None:
     assert (got - baseline).abs().max() > 1e-3
 
 
+def test_guider_resets_per_call(pipes) -> None:
+    """One guider, two pipeline calls: APG's momentum and AG's switches start afresh (§8, §5)."""
+    family, _, modular = pipes
+    spec = {"rule": "apg", "scale": 8.0, "policy": {"name": "adaptive", "threshold": 0.9}}
+    modular.update_components(guider=guidance.as_guider(spec, scheduler=modular.scheduler))
+    first = modular_latents(modular, call_kwargs(family))
+    assert torch.equal(modular_latents(modular, call_kwargs(family)), first)
+
+
 def test_cfg_equals_diffusers_guider(pipes) -> None:
     """Stock CFG as a guider equals diffusers' own ClassifierFreeGuidance guider in the same pipeline."""
     family, _, modular = pipes
