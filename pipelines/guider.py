@@ -40,6 +40,8 @@ from diffusers.guiders.guider_utils import BaseGuidance
 from guidance.errors import GuidanceError
 from guidance.plan import StepTable
 from guidance.references.base import Reference
+from guidance.samplers import correction_for
+from guidance.samplers.base import SingleStepCorrection
 from guidance.spec import Guidance, Term, load
 from guidance.step import StepPoint, TermInput, guided_step
 
@@ -123,6 +125,7 @@ class GuidanceGuider(BaseGuidance):
         self._scope = RowScope()
         self._open = ExitStack()  # what prepare_models installed, undone by cleanup_models
         self._x: torch.Tensor | None = None
+        self._correction: SingleStepCorrection | None = None  # CFG++: its step, folded into the prediction
 
     # ---------------------------------------------------------------- the step's plan
 
@@ -143,11 +146,24 @@ class GuidanceGuider(BaseGuidance):
                                 "pipe.scheduler after loading a saved guider.")
         table = step_table(self.scheduler)
         spec = self.guidance
+        if spec.rule.corrects_sampler:
+            self._correction = self._cfgpp_correction()
         offset = min(range(len(table)), key=lambda k: abs(table.timesteps[k] - timestep))  # img2img starts late
         self._run = GuiderRun(table, spec.rule.step_scales(spec.scale, spec.schedule, table),
                               [term.step_scales(table) for term in spec.terms], offset)
         for strategy in (spec.rule, spec.reference, *(x for term in spec.terms for x in (term.rule, term.reference))):
             strategy.reset()
+
+    def _cfgpp_correction(self) -> SingleStepCorrection:
+        """CFG++'s correction of the scheduler's step, which a guider folds into the prediction it returns: the step
+        must be affine in it (the single-step schedulers)."""
+        correction = correction_for(self.scheduler)
+        if not isinstance(correction, SingleStepCorrection):
+            raise GuidanceError(
+                f"CFG++ as a diffusers guider needs a scheduler whose step depends on this step's prediction only "
+                f"(DDIM, Euler, flow-matching Euler): {type(self.scheduler).__name__} keeps earlier predictions in "
+                "its own state, which the guider cannot correct. Set a DDIM or Euler scheduler on the pipeline.")
+        return correction
 
     def _plan(self, batch_size: int) -> None:
         """The step's batches, for a pipeline batch of `batch_size` samples."""
@@ -229,10 +245,13 @@ class GuidanceGuider(BaseGuidance):
         if adapter is None or adapter.denoiser is not denoiser or adapter.pipe.scheduler is not self.scheduler:
             adapter = adapter_for(ModularComponents(denoiser, self.scheduler))
             adapter.check_guidance(self.guidance)
-            if getattr(adapter, "rescales_to_conditional", False) and self.guidance.rule.outputs_zero(0):
-                raise GuidanceError(
-                    f"The {type(denoiser).__name__} loop rescales the guided prediction to the conditional one's "
-                    "norm, which is 0/0 at CFG-Zero*'s zero-init steps. Set zero_init_steps: 0 for this family.")
+            rule = self.guidance.rule
+            if getattr(adapter, "rescales_to_conditional", False) and (rule.outputs_zero(0) or rule.corrects_sampler):
+                why = ("is 0/0 at CFG-Zero*'s zero-init steps: set zero_init_steps: 0" if rule.outputs_zero(0) else
+                       "is not linear, so no prediction carries CFG++'s step through it: use guidance.run on the "
+                       "standard pipeline")
+                raise GuidanceError(f"The {type(denoiser).__name__} loop rescales the guided prediction to the "
+                                    f"conditional one's norm per token, which {why}.")
             references = [self.guidance.reference, *(term.reference for term in self.guidance.terms)]
             found = ((id(r), perturbation_for(r, adapter, self._scope)) for r in references)
             self._perturbations = {key: p for key, p in found if p is not None}
@@ -281,7 +300,10 @@ class GuidanceGuider(BaseGuidance):
                           prediction_type=run.table.prediction_type)
         step = guided_step(self.guidance, point, self._w, adapter.latents(x, cond), cond, reference, self._samples,
                            telemetry=False, terms=terms)
-        return self._output(adapter.with_prediction(pred_cond, step.prediction), pred_cond, reference_out)
+        prediction = step.prediction
+        if self._correction is not None and step.reference is not None:
+            prediction = self._correction.guided_prediction(self.scheduler, k, run.table, step.reference, prediction)
+        return self._output(adapter.with_prediction(pred_cond, prediction), pred_cond, reference_out)
 
     @staticmethod
     def _output(pred: torch.Tensor, pred_cond: torch.Tensor, pred_uncond: torch.Tensor | None) -> Any:

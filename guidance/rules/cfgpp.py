@@ -28,8 +28,6 @@ class CFGPlusPlus(CFG):
     summary = "x̂0_λ = x̂0_u + λ(x̂0_c − x̂0_u), renoised with ε_u"
     default_scale = 0.6
     corrects_sampler = True
-    guider_refusal = ("it renoises with the reference's noise estimate inside the scheduler's step, and a modular "
-                      "loop steps its scheduler with the guider's one prediction, out of the guider's reach")
 
     def check_scale(self, scale: float) -> None:
         if not (math.isfinite(scale) and 0.0 <= scale <= 1.0):
