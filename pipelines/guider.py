@@ -91,12 +91,11 @@ class Condition:
 
 @dataclass
 class GuiderRun:
-    """One pipeline call: the step table, the scales, the index of the loop's first step in the table, the batch."""
+    """One pipeline call: the step table, the scales of every step (the terms' too), the batch size."""
 
     table: StepTable
     scales: list[float | None]
     term_scales: list[list[float | None]]
-    offset: int
     batch_size: int = 0
 
 
@@ -130,15 +129,16 @@ class GuidanceGuider(BaseGuidance):
     # ---------------------------------------------------------------- the step's plan
 
     def set_state(self, step: int, num_inference_steps: int, timestep: torch.Tensor) -> None:
+        """A step begins. A pipeline call begins at the loop's step 0, or where the time goes up again (a guider that
+        serves only a later part of the loop, as a second expert's does); the step is located in the scheduler's
+        timesteps by its time (img2img starts late)."""
         super().set_state(step, num_inference_steps, timestep)
-        if step == 0 or self._run is None:
-            self._start_run(float(timestep))
-        self._index = self._run.offset + step
-        if self._index >= len(self._run.table):
-            raise GuidanceError(f"The loop's step {step} is past the scheduler's {len(self._run.table)} timesteps; "
-                                "set the scheduler's timesteps before the denoise loop (the pipeline's own blocks do).")
+        t, run = float(timestep), self._run
+        if step == 0 or run is None or t >= run.table.timesteps[self._index]:
+            run = self._start_run()
+        self._index = min(range(len(run.table)), key=lambda k: abs(run.table.timesteps[k] - t))
 
-    def _start_run(self, timestep: float) -> None:
+    def _start_run(self) -> GuiderRun:
         if self.scheduler is None:
             raise GuidanceError("This guider has no scheduler, and a diffusers guider is given only the timestep, not "
                                 "the noise level of a step. Pass the modular pipeline's scheduler: "
@@ -148,11 +148,11 @@ class GuidanceGuider(BaseGuidance):
         spec = self.guidance
         if spec.rule.corrects_sampler:
             self._correction = self._cfgpp_correction()
-        offset = min(range(len(table)), key=lambda k: abs(table.timesteps[k] - timestep))  # img2img starts late
         self._run = GuiderRun(table, spec.rule.step_scales(spec.scale, spec.schedule, table),
-                              [term.step_scales(table) for term in spec.terms], offset)
+                              [term.step_scales(table) for term in spec.terms])
         for strategy in (spec.rule, spec.reference, *(x for term in spec.terms for x in (term.rule, term.reference))):
             strategy.reset()
+        return self._run
 
     def _cfgpp_correction(self) -> SingleStepCorrection:
         """CFG++'s correction of the scheduler's step, which a guider folds into the prediction it returns: the step

@@ -100,6 +100,29 @@ def test_guider_resets_per_call(pipes) -> None:
     assert torch.equal(modular_latents(modular, call_kwargs(family)), first)
 
 
+def test_img2img_locates_its_late_start() -> None:
+    """SDXL img2img (strength 0.5 of 6 steps): the loop's steps 0–2 are the scheduler's steps 3–5, where the linear
+    schedule and APG's x̂0 take their values, as guidance.run on StableDiffusionXLImg2ImgPipeline does."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    standard = tiny_pipeline("sdxl").to(torch.float64)
+    img2img = StableDiffusionXLImg2ImgPipeline(**standard.components)
+    modular = modular_pipeline("sdxl", standard)
+    spec = {"rule": "apg", "scale": 6.0, "schedule": "linear"}
+
+    def kwargs() -> dict:
+        call = {**call_kwargs_without_scales("sdxl"), "num_inference_steps": 6, "strength": 0.5}
+        image = torch.rand(2, 3, call["height"], call["width"], generator=torch.Generator().manual_seed(3))
+        return {**call, "image": image.double()}
+
+    modular.update_components(guider=guidance.as_guider(spec, scheduler=modular.scheduler))
+    got = modular_latents(modular, kwargs())
+    stats: dict = {}
+    expected = guidance.run(img2img, spec, stats=stats, **kwargs()).images
+    assert [step["step"] for step in stats["steps"]] == [3, 4, 5]
+    assert (got - expected).abs().max() <= 1e-5
+
+
 def test_cfg_equals_diffusers_guider(pipes) -> None:
     """Stock CFG as a guider equals diffusers' own ClassifierFreeGuidance guider in the same pipeline."""
     family, _, modular = pipes
