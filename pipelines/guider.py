@@ -29,12 +29,12 @@ negative) values and read a `GuiderOutput`: both are served.
 from __future__ import annotations
 
 import functools
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers.configuration_utils import register_to_config
 from diffusers.guiders.guider_utils import BaseGuidance
 
 from guidance.errors import GuidanceError
@@ -48,6 +48,7 @@ from guidance.step import StepPoint, TermInput, guided_step
 from .adapters import Adapter, adapter_for
 from .call import DenoiserCall, RowView
 from .perturbations import Perturbation, RowScope, perturbation_for
+from .perturbations.network import WeakerNetwork
 from .session import _method_signature
 from .stepping import step_table
 
@@ -106,11 +107,11 @@ class GuidanceGuider(BaseGuidance):
 
     _input_predictions = ["pred_cond", "pred_uncond"]  # noqa: RUF012 (diffusers' class attribute)
 
-    @register_to_config
-    def __init__(self, spec: dict[str, Any] | None = None) -> None:
+    def __init__(self, spec: Any = None) -> None:
         super().__init__()
-        self.guidance = load(spec).model_copy(deep=True)
+        self.guidance = load(spec).model_copy(deep=True)  # a Guidance keeps a module given to autoguidance
         check_guider(self.guidance)
+        self.register_to_config(spec=self.guidance.to_spec())
         self.scheduler: Any = None
         self._run: GuiderRun | None = None
         self._index = 0
@@ -229,7 +230,9 @@ class GuidanceGuider(BaseGuidance):
         condition = self._conditions[self._count_prepared - 1]
         adapter = self._adapter_for(denoiser)
         perturbation = None if condition.reference is None else self._perturbations.get(id(condition.reference))
-        if perturbation is not None:
+        if perturbation is not None and perturbation.network is not None:  # autoguidance: the batch on its network
+            self._open.enter_context(_forward_through(denoiser, perturbation.network))
+        elif perturbation is not None:
             perturbation.install({})
             self._open.callback(perturbation.remove)
         signature = _method_signature(getattr(denoiser, "_orig_mod", denoiser), "forward")
@@ -255,6 +258,9 @@ class GuidanceGuider(BaseGuidance):
             references = [self.guidance.reference, *(term.reference for term in self.guidance.terms)]
             found = ((id(r), perturbation_for(r, adapter, self._scope)) for r in references)
             self._perturbations = {key: p for key, p in found if p is not None}
+            for perturbation in self._perturbations.values():
+                if isinstance(perturbation, WeakerNetwork):  # loaded once: it puts nothing on the denoiser
+                    perturbation.install({})
             self._adapter = adapter
         return adapter
 
@@ -312,9 +318,24 @@ class GuidanceGuider(BaseGuidance):
         return GuiderOutput(pred=pred, pred_cond=pred_cond, pred_uncond=pred_uncond)
 
 
+@contextmanager
+def _forward_through(denoiser: torch.nn.Module, network: torch.nn.Module) -> Iterator[None]:
+    """The denoiser's calls answered by `network` (autoguidance's weaker model: same class and inputs); its forward
+    attribute as before afterwards."""
+    had, previous = "forward" in vars(denoiser), vars(denoiser).get("forward")
+    object.__setattr__(denoiser, "forward", lambda *args, **kwargs: network(*args, **kwargs))
+    try:
+        yield
+    finally:
+        if had:
+            object.__setattr__(denoiser, "forward", previous)
+        else:
+            del denoiser.forward
+
+
 def as_guider(spec: Any = None, scheduler: Any = None) -> GuidanceGuider:
     """A diffusers guider applying `spec` (a mapping, YAML path or Guidance) in a modular pipeline, with the math of
     guidance.run: `pipe.update_components(guider=guidance.as_guider(spec, scheduler=pipe.scheduler))`."""
-    guider = GuidanceGuider(spec=load(spec).to_spec())
+    guider = GuidanceGuider(spec=load(spec))
     guider.scheduler = scheduler
     return guider

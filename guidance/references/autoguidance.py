@@ -26,8 +26,6 @@ class Autoguidance(PerturbedReference):
     summary = "reference rows run through a weaker denoiser `model` (folder, bundled name, or module)"
     perturbation = "weaker_network"
     default_term_scale = 1.1
-    guider_refusal = ("its rows run through another network, and a modular loop calls the pipeline's own denoiser for "
-                      "every batch the guider asks for")
 
     model: Any
 
