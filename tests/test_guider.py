@@ -123,6 +123,23 @@ def test_img2img_locates_its_late_start() -> None:
     assert (got - expected).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("family", ["sdxl", "qwenimage"])
+def test_low_precision_stays_finite(family: str, dtype: torch.dtype) -> None:
+    """APG at w = 15 on tsg, AG and a pag term, in half precision: finite latents."""
+    standard = tiny_pipeline(family).to(dtype)
+    try:
+        modular = modular_pipeline(family, standard)
+    except LookupError as reason:
+        pytest.skip(str(reason))
+    spec = {"rule": "apg", "scale": 15.0, "reference": "tsg", "policy": "adaptive", "terms": [PERTURBED[family]]}
+    modular.update_components(guider=guidance.as_guider(spec, scheduler=modular.scheduler))
+    kwargs = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v
+              for k, v in tiny_call_kwargs(family, batch=2).items()}
+    latents = modular_latents(modular, kwargs)
+    assert latents.dtype == dtype and torch.isfinite(latents).all()
+
+
 def test_cfg_equals_diffusers_guider(pipes) -> None:
     """Stock CFG as a guider equals diffusers' own ClassifierFreeGuidance guider in the same pipeline."""
     family, _, modular = pipes
