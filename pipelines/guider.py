@@ -13,17 +13,19 @@ guidance.run's:
 - Inputs: a forward pre-hook on the denoiser (installed by prepare_models, removed by cleanup_models) reads x_t for
   the x̂0 rules, lets an icg reference redraw the batch's condition, and tells the reference's perturbation — the
   session's own (tsg's time embedding, pag's identity attention, slg's skipped blocks) — that the batch is its rows.
-- Noise levels (x̂0 rules, AG's cosine, σ schedules, tsg's t) come from the pipeline's scheduler, read at the first
-  step of every run as a session reads them (pipelines/stepping.py); diffusers gives a guider only the timestep, so
-  the guider is given the scheduler.
+- Noise levels (x̂0 rules, AG's cosine, σ schedules, tsg's t) come from the pipeline's scheduler, read when a
+  pipeline call begins as a session reads them (pipelines/stepping.py); diffusers gives a guider only the timestep,
+  so the guider is given the scheduler.
 - AG switches per sample, but the loop hands every batch the latents of all B samples: while any sample is still
   guided the reference batch holds all B rows, and the switched samples keep D_c (guidance.run's result; the rows
   saved are per step, not per sample, and icg/tsg draw their noise for all B rows).
+- autoguidance's batch runs on its weaker network; CFG++'s scheduler correction is folded into the prediction the
+  loop steps with (single-step schedulers, `SingleStepCorrection.guided_prediction`).
 
-Methods that need the sampler or another network (`Strategy.guider_refusal`: cfgpp, pcg, autoguidance, gfcg) are
-refused when the guider is made. diffusers 0.35 hands `prepare_inputs` the block state and its input fields and
-unpacks `(prediction, scheduler kwargs)` from the guider; later versions hand it the fields' (conditional,
-negative) values and read a `GuiderOutput`: both are served.
+What needs more than the loop's own denoiser calls (`Strategy.guider_refusal`: pcg's corrector, gfcg on a
+class-conditional pipeline) is refused when the guider is made. diffusers 0.35 hands `prepare_inputs` the block
+state and its input fields and unpacks `(prediction, scheduler kwargs)` from the guider; later versions hand it the
+fields' (conditional, negative) values and read a `GuiderOutput`: both are served (docs/CONVENTIONS.md §33).
 """
 
 from __future__ import annotations
@@ -92,11 +94,13 @@ class Condition:
 
 @dataclass
 class GuiderRun:
-    """One pipeline call: the step table, the scales of every step (the terms' too), the batch size."""
+    """One pipeline call: the step table, the scales of every step (the terms' too), the table index of the loop's
+    step 0 (img2img starts late; a second expert's guider starts mid-loop), the batch size."""
 
     table: StepTable
     scales: list[float | None]
     term_scales: list[list[float | None]]
+    offset: int
     batch_size: int = 0
 
 
@@ -105,7 +109,7 @@ class GuidanceGuider(BaseGuidance):
     `save_pretrained`, `from_pretrained`, `from_config` and `new()` give an equal guider (without its scheduler: set
     `guider.scheduler`)."""
 
-    _input_predictions = ["pred_cond", "pred_uncond"]  # noqa: RUF012 (diffusers' class attribute)
+    _input_predictions = ["pred_cond", "pred_uncond"]  # diffusers' check; the batches are planned per step
 
     def __init__(self, spec: Any = None) -> None:
         super().__init__()
@@ -131,15 +135,19 @@ class GuidanceGuider(BaseGuidance):
 
     def set_state(self, step: int, num_inference_steps: int, timestep: torch.Tensor) -> None:
         """A step begins. A pipeline call begins at the loop's step 0, or where the time goes up again (a guider that
-        serves only a later part of the loop, as a second expert's does); the step is located in the scheduler's
-        timesteps by its time (img2img starts late)."""
+        serves only a later part of the loop, as a second expert's does); there its step is located in the
+        scheduler's timesteps by its time, and the loop's later steps follow it one by one."""
         super().set_state(step, num_inference_steps, timestep)
         t, run = float(timestep), self._run
-        if step == 0 or run is None or t >= run.table.timesteps[self._index]:
-            run = self._start_run()
-        self._index = min(range(len(run.table)), key=lambda k: abs(run.table.timesteps[k] - t))
+        if step == 0 or run is None or t > run.table.timesteps[self._index]:
+            run = self._start_run(step, t)
+        self._index = run.offset + step
+        if not 0 <= self._index < len(run.table):
+            raise GuidanceError(f"The loop's step {step} (t = {t:g}) is not among the scheduler's "
+                                f"{len(run.table)} steps; set the scheduler's timesteps before the loop, as the "
+                                "pipeline's own blocks do, and give the guider the pipeline's scheduler.")
 
-    def _start_run(self) -> GuiderRun:
+    def _start_run(self, step: int, t: float) -> GuiderRun:
         if self.scheduler is None:
             raise GuidanceError("This guider has no scheduler, and a diffusers guider is given only the timestep, not "
                                 "the noise level of a step. Pass the modular pipeline's scheduler: "
@@ -149,8 +157,9 @@ class GuidanceGuider(BaseGuidance):
         spec = self.guidance
         if spec.rule.corrects_sampler:
             self._correction = self._cfgpp_correction()
+        located = min(range(len(table)), key=lambda k: abs(table.timesteps[k] - t))
         self._run = GuiderRun(table, spec.rule.step_scales(spec.scale, spec.schedule, table),
-                              [term.step_scales(table) for term in spec.terms])
+                              [term.step_scales(table) for term in spec.terms], located - step)
         for strategy in (spec.rule, spec.reference, *(x for term in spec.terms for x in (term.rule, term.reference))):
             strategy.reset()
         return self._run
