@@ -234,6 +234,26 @@ def test_saved_guider_loads_equal(pipes, tmp_path) -> None:
     assert (got - expected).abs().max() <= 1e-5
 
 
+def test_modular_pipeline_saves_and_reloads_its_guider(tmp_path) -> None:
+    """Loaded as a from_pretrained component, the guider is recorded in the modular pipeline's
+    modular_model_index.json, and ModularPipeline.from_pretrained + load_components brings it back with its spec."""
+    from diffusers.modular_pipelines import ComponentSpec, ModularPipeline
+
+    spec = {"rule": "apg", "scale": 6.0, "terms": [PERTURBED["sdxl"]]}
+    guidance.as_guider(spec).save_pretrained(tmp_path / "guider")
+    where = ("pretrained_model_name_or_path" if "pretrained_model_name_or_path" in ComponentSpec.__dataclass_fields__
+             else "repo")  # 0.35 names it repo
+    component = ComponentSpec(name="guider", type_hint=GuidanceGuider, subfolder="guider",
+                              **{where: str(tmp_path)}).load()
+    modular = modular_pipeline("sdxl", tiny_pipeline("sdxl"))
+    modular.update_components(guider=component)
+    modular.save_pretrained(str(tmp_path / "pipeline"))
+    reloaded = ModularPipeline.from_pretrained(str(tmp_path / "pipeline"))
+    reloaded.load_components(names=["guider"])
+    assert isinstance(reloaded.guider, GuidanceGuider)
+    assert guidance.load(reloaded.guider.config["spec"]) == guidance.load(spec)
+
+
 @pytest.mark.parametrize(("spec", "reason"), [
     ({"rule": "pcg"}, "corrector evaluates the denoiser again"),
     ({"terms": [{"reference": {"name": "gfcg", "classifier": "digits"}, "scale": 1.0}]}, "class-conditional"),
