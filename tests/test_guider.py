@@ -1,7 +1,7 @@
-"""`guidance.as_guider` in the modular pipelines diffusers ships (docs/CONVENTIONS.md §33): SDXL, Wan and Qwen-Image
-where the installed diffusers has them, built from the tiny standard pipelines' components. The modular pipeline with
-the guider equals guidance.run on the standard pipeline with the same components, seeds and steps (≤ 1e-5); stock CFG
-also equals diffusers' own ClassifierFreeGuidance guider there.
+"""`guidance.as_guider` in the modular pipelines diffusers ships (docs/CONVENTIONS.md §33): SDXL, SD3, Wan and
+Qwen-Image where the installed diffusers has them (Flux's has no guider), built from the tiny standard pipelines'
+components. The modular pipeline with the guider equals guidance.run on the standard pipeline with the same
+components, seeds and steps (≤ 1e-5); stock CFG also equals diffusers' own ClassifierFreeGuidance guider there.
 
 Both pipelines run in float64: in float32 the standard SDXL pipeline's joined [uncond; cond] UNet call and the modular
 loop's call per condition differ by batch-composition rounding (2.4e-5 after 4 steps of diffusers' own CFG, measured),
@@ -20,10 +20,10 @@ from guidance.pipelines.guider import GuidanceGuider
 from guidance.pipelines.testing.modular import modular_latents, modular_pipeline, standard_latents
 from guidance.pipelines.testing.tiny import tiny_call_kwargs, tiny_pipeline
 
-FAMILIES = ("sdxl", "wan", "qwenimage", "flux")
+FAMILIES = ("sdxl", "sd3", "wan", "qwenimage", "flux")
 # a perturbed-network term each family's guider serves: PAG's identity attention where the family has diffusers
 # Attention self-attention; Wan's attention has no identity path (§27), so SLG's skipped block there
-PERTURBED = {"sdxl": {"reference": "pag", "scale": 3.0},
+PERTURBED = {"sdxl": {"reference": "pag", "scale": 3.0}, "sd3": {"reference": "pag", "scale": 3.0},
              "wan": {"reference": {"name": "slg", "layers": [1]}, "scale": 2.0},
              "qwenimage": {"reference": {"name": "pag", "layers": ["transformer_blocks.1"]}, "scale": 2.0}}
 SPECS = {

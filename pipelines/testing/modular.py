@@ -1,8 +1,8 @@
 """The modular pipelines diffusers ships for the tiny families, built from a tiny standard pipeline's components, and
 their calls with the standard pipeline's arguments (for tests of `guidance.as_guider`).
 
-diffusers 0.35 ships modular SDXL, Wan and Flux; later versions add Qwen-Image. Flux's modular loop has no guider
-(it calls the transformer once per step with the distilled guidance embedding), so no guider can serve it.
+diffusers 0.35 ships modular SDXL, Wan and Flux; later versions add Qwen-Image and SD3. Flux's modular loop has no
+guider (it calls the transformer once per step with the distilled guidance embedding), so no guider can serve it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from diffusers.modular_pipelines import PipelineState
 
 # family → the names its modular blocks have had across diffusers versions
 BLOCKS = {"sdxl": ("StableDiffusionXLAutoBlocks",), "wan": ("WanBlocks", "WanAutoBlocks"),
-          "qwenimage": ("QwenImageAutoBlocks",)}
+          "qwenimage": ("QwenImageAutoBlocks",), "sd3": ("StableDiffusion3AutoBlocks",)}
 NO_GUIDER = {"flux": "diffusers' modular Flux pipeline has no guider: its loop calls the transformer once per step "
                      "with Flux's distilled guidance embedding and runs no true CFG, so there is nothing to guide"}
 # the standard pipeline's call arguments that the modular blocks do not take: the guider holds the guidance
