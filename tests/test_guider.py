@@ -146,6 +146,31 @@ def test_low_precision_stays_finite(family: str, dtype: torch.dtype) -> None:
     assert latents.dtype == dtype and torch.isfinite(latents).all()
 
 
+def test_wan22_experts() -> None:
+    """Wan 2.2's two experts: one guider serving both (`guider` and `guider_2`) carries APG's momentum and AG's
+    switches across the boundary as a session does; two guiders give each expert its scale, as the `experts`
+    schedule does in guidance.run."""
+    standard = tiny_pipeline("wan22").to(torch.float64)
+    try:
+        modular = modular_pipeline("wan22", standard)
+    except LookupError as reason:
+        pytest.skip(str(reason))
+    spec = {"rule": "apg", "scale": 6.0, "policy": {"name": "adaptive", "threshold": 0.9},
+            "terms": [PERTURBED["wan"]]}
+    guider = guidance.as_guider(spec, scheduler=modular.scheduler)
+    modular.update_components(guider=guider, guider_2=guider)
+    got = modular_latents(modular, call_kwargs("wan22"))
+    kwargs = call_kwargs_without_scales("wan22")
+    expected = standard_latents("wan22", standard, guidance.run(standard, spec, **kwargs), kwargs)
+    assert (got - expected).abs().max() <= 1e-5
+    modular.update_components(guider=guidance.as_guider({"scale": 4.0}, scheduler=modular.scheduler),
+                              guider_2=guidance.as_guider({"scale": 3.0}, scheduler=modular.scheduler))
+    got = modular_latents(modular, call_kwargs("wan22"))
+    kwargs = call_kwargs_without_scales("wan22")
+    run = guidance.run(standard, {"scale": 4.0, "schedule": {"name": "experts", "scale_2": 3.0}}, **kwargs)
+    assert (got - standard_latents("wan22", standard, run, kwargs)).abs().max() <= 1e-5
+
+
 def test_cfg_equals_diffusers_guider(pipes) -> None:
     """Stock CFG as a guider equals diffusers' own ClassifierFreeGuidance guider in the same pipeline."""
     family, _, modular = pipes

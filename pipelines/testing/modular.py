@@ -16,7 +16,7 @@ from diffusers.modular_pipelines import PipelineState
 
 # family → the names its modular blocks have had across diffusers versions
 BLOCKS = {"sdxl": ("StableDiffusionXLAutoBlocks",), "wan": ("WanBlocks", "WanAutoBlocks"),
-          "qwenimage": ("QwenImageAutoBlocks",), "sd3": ("StableDiffusion3AutoBlocks",)}
+          "qwenimage": ("QwenImageAutoBlocks",), "sd3": ("StableDiffusion3AutoBlocks",), "wan22": ("Wan22Blocks",)}
 NO_GUIDER = {"flux": "diffusers' modular Flux pipeline has no guider: its loop calls the transformer once per step "
                      "with Flux's distilled guidance embedding and runs no true CFG, so there is nothing to guide"}
 # the standard pipeline's call arguments that the modular blocks do not take: the guider holds the guidance
@@ -39,6 +39,9 @@ def modular_pipeline(family: str, standard: Any) -> Any:
     # register_components: 0.35's update_components refuses modules not loaded through a ComponentSpec
     pipe.register_components(**{name: component for name, component in standard.components.items()
                                  if name in pipe._component_specs and component is not None})
+    settings = {name: standard.config[name] for name in pipe._config_specs if name in standard.config}
+    if settings:  # Wan 2.2's boundary_ratio
+        pipe.update_components(**settings)
     return pipe
 
 
