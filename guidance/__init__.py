@@ -4,6 +4,7 @@
     out = guidance.run(pipe, {"rule": "apg", "scale": 10}, prompt="a cat", num_inference_steps=30)
     with guidance.attach(pipe, spec) as session:
         out = pipe(prompt="a cat", guidance_scale=2.0, callback_on_step_end=session.callback)
+    modular.update_components(guider=guidance.as_guider(spec, scheduler=modular.scheduler))  # modular pipelines
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from .spec import Guidance, load
 
 __version__ = "0.1.0"
 
-_PIPELINE_API = ("attach", "run", "fit_linear_ag", "Session")
+_PIPELINE_API = ("as_guider", "attach", "run", "fit_linear_ag", "Session")
 
 
 def __getattr__(name: str) -> Any:
-    """attach / run / fit_linear_ag live with the diffusers integration (imported on first use)."""
+    """attach / run / fit_linear_ag / as_guider live with the diffusers integration (imported on first use)."""
     if name in _PIPELINE_API:
         from . import pipelines
 
@@ -31,5 +32,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'guidance' has no attribute {name!r}")
 
 
-__all__ = ["POLICIES", "REFERENCES", "RULES", "SCHEDULES", "Guidance", "GuidanceError", "__version__", "attach",
-           "fit_linear_ag", "load", "run"]
+__all__ = ["POLICIES", "REFERENCES", "RULES", "SCHEDULES", "Guidance", "GuidanceError", "__version__", "as_guider",
+           "attach", "fit_linear_ag", "load", "run"]

@@ -20,6 +20,8 @@ class Strategy(BaseModel):
     axis: ClassVar[str]
     paper: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    # why `guidance.as_guider` cannot serve it in a diffusers modular pipeline ("": it can; pipelines/guider.py)
+    guider_refusal: ClassVar[str] = ""
 
     def to_spec(self) -> dict[str, Any]:
         """The mapping that `load` turns back into an equal strategy."""

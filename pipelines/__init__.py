@@ -1,5 +1,6 @@
 """The diffusers integration: `attach` / `run` / `fit_linear_ag` on standard pipelines, the session that wraps a
-pipeline's denoiser and scheduler, per-family adapters, and the bundled models and their pipelines.
+pipeline's denoiser and scheduler, `as_guider` (the same guidance as a guider of modular pipelines), per-family
+adapters, and the bundled models and their pipelines.
 
 This folder is installed as `guidance.pipelines` (see pyproject.toml and the README's "Layout"). Names are
 imported on first use, so that `guidance.pipelines.schedulers` or `.bundled` cost no diffusers import.
@@ -13,7 +14,7 @@ from typing import Any
 _EXPORTS = {
     "SUPPORTED": ".adapters", "adapter_for": ".adapters", "attach": ".api", "fit_linear_ag": ".api", "run": ".api",
     "ClassConditionalPipeline": ".class_conditional", "GaussianMixtureDenoiser": ".gmm", "gmm_pipeline": ".gmm",
-    "Session": ".session",
+    "Session": ".session", "as_guider": ".guider", "GuidanceGuider": ".guider",
 }
 
 

@@ -83,7 +83,9 @@ class _Recorder(Always):
         if u is None:
             raise GuidanceError("Fitting LinearAG needs the reference at every step; use a spec whose schedule "
                                 "guides every step (e.g. constant) and policy always.")
-        self._trajectory.append((c.detach().float().cpu(), u.detach().float().cpu()))
+        # copies (a separate-calls pipeline overwrites its conditional output with g in place after the step)
+        self._trajectory.append((c.detach().to("cpu", torch.float32, copy=True),
+                                 u.detach().to("cpu", torch.float32, copy=True)))
 
 
 def fit_linear_ag(pipe: Any, spec: Any, path: str | Path, *, guided_fraction: float = 0.5, real_every: int = 2,

@@ -146,3 +146,24 @@ def test_unet_pair_reference_loop_sanity() -> None:
     expected = pipe(**sd_call(inputs, 4), guidance_scale=3.0).images
     got = ddim_guided(pipe, inputs, 4, lambda i, x, c, u, a, s: u + 3.0 * (c - u))
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_linear_ag_keeps_its_own_copy_of_the_previous_step(tmp_path) -> None:
+    """û_k uses c_{k−1} and u_{k−1} as observed: a separate-calls pipeline overwrites its conditional output with g in
+    place after the step, which must not reach the estimate (Wan, Qwen-Image, Flux)."""
+    from guidance.plan import StepTable
+    from guidance.policies.linear_ag import ESTIMATE, FORMAT, REAL, LinearAG
+
+    table = StepTable(timesteps=(900.0, 500.0), a=(0.3, 0.7), s=(0.95, 0.7), num_train_timesteps=1000,
+                      prediction_type="epsilon", sampler="test")
+    path = tmp_path / "coefficients.json"
+    path.write_text(json.dumps({"format": FORMAT, "version": 1, "sampler": "test", "num_inference_steps": 2,
+                                "prediction_type": "epsilon",
+                                "steps": [{"mode": REAL}, {"mode": ESTIMATE, "coefficients": [0.5, 2.0, 3.0]}]}))
+    policy = LinearAG(coefficients=str(path))
+    policy.reset(1, table)
+    c, u = torch.full((1, 4), 1.0), torch.full((1, 4), 10.0)
+    policy.observe(0, [0], c, u, None)
+    c.fill_(-7.0)  # the pipeline's tensor now holds g
+    u.fill_(-7.0)
+    assert torch.equal(policy.estimate(1, torch.full((1, 4), 4.0)), torch.full((1, 4), 0.5 * 4 + 2.0 * 1 + 3.0 * 10))

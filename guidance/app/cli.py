@@ -72,6 +72,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                 print(f"  {'':<16} paper: {cls.paper}")
             if getattr(cls, "default_term_scale", None) is not None:
                 print(f"  {'':<16} as a term: default scale s = {cls.default_term_scale}")
+            guider = f"no: {cls.guider_refusal}" if cls.guider_refusal else "yes"
+            print(f"  {'':<16} modular guider (guidance.as_guider): {guider}")
         print()
     print("terms:\n  guidance: {terms: [{reference, scale, rule, schedule}, ...]} adds rule(c, r, 1 + s) − c per "
           "term to the main term\n  (docs/CONVENTIONS.md §20); e.g. terms: [{reference: {name: pag, layers: [mid]}, "

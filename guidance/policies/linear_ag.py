@@ -137,4 +137,6 @@ class LinearAG(Policy):
 
     def observe(self, index: int, samples: list[int], c: torch.Tensor, u: torch.Tensor | None,
                 cosine: torch.Tensor | None) -> None:
-        self._previous = (c, u)
+        # copies: a separate-calls pipeline's conditional output is overwritten in place with g once its negative
+        # call has run (pipelines/adapters/separate.py), and the estimate needs c_{k−1}, not g_{k−1}
+        self._previous = (c.clone(), None if u is None else u.clone())

@@ -42,6 +42,7 @@ class GFCG(Reference):
     name = "gfcg"
     from_condition = True
     reads_estimate = True
+    guider_refusal = ("it needs class labels, and diffusers ships no class-conditional modular pipeline")
     paper = "Shenoy et al., 2024 (arXiv 2411.15393)"
     summary = ("reference rows see the class a `classifier` finds most likely besides the target on x̂0_c; "
                "w − 1 scaled per sample by 1 − p(target)")

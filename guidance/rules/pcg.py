@@ -37,6 +37,8 @@ class PCG(CFG):
     summary = "DDIM predictor on c, then K Langevin steps on p(x|c)^γ p(x)^(1−γ) (scale: γ)"
     default_scale = 3.0
     predictor_corrector = True
+    guider_refusal = ("its corrector evaluates the denoiser again at the next noise level after each scheduler step, "
+                      "and a guider only answers the loop's own denoiser calls")
 
     corrector_steps: int = Field(1, ge=0, le=100, description="K, Langevin steps after every predictor step")
     step_size: float = Field(1.0, gt=0.0, le=100.0, description="r, the Langevin step in units of the theorem's")

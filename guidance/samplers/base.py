@@ -45,10 +45,28 @@ class SingleStepCorrection(SamplerCorrection):
     def next_noise(self, scheduler: Any, index: int, steps: StepTable, kwargs: dict[str, Any]) -> float:
         raise NotImplementedError
 
+    def next_signal(self, scheduler: Any, index: int, steps: StepTable) -> float:
+        """A' of the next state x' = A'·x̂0 + S'·n̂ in the scheduler's latents (S' is `next_noise`)."""
+        raise NotImplementedError
+
+    def guided_prediction(self, scheduler: Any, index: int, steps: StepTable, u: torch.Tensor,
+                          g: torch.Tensor) -> torch.Tensor:
+        """The prediction p whose plain step is the CFG++ step of g, for a loop that steps its scheduler with one
+        prediction (a diffusers guider's, with the step's default arguments: η = 0, s_churn = 0). The step is affine
+        in p: ∂x'/∂p = k·(S' − A'·σ) (σ = s/a of the step, k the noise gain), and CFG++ adds S'·k·(u − g), so
+        p = g + S'/(S' − A'·σ)·(u − g)."""
+        noise = self.next_noise(scheduler, index, steps, {})
+        if noise == 0.0:
+            return g
+        factor = noise / (noise - self.next_signal(scheduler, index, steps) * steps.sigma[index])
+        wide = torch.promote_types(g.dtype, torch.float32)
+        return (g.to(wide) + factor * (u.to(wide) - g.to(wide))).to(g.dtype)
+
     def correct(self, scheduler: Any, index: int, steps: StepTable, sample: torch.Tensor,
                 prev_sample: torch.Tensor, u: torch.Tensor, g: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
         gain = noise_gain(steps.a[index], steps.s[index], steps.prediction_type)
         coefficient = self.next_noise(scheduler, index, steps, kwargs) * gain
         if coefficient == 0.0:
             return prev_sample
-        return (prev_sample.float() + coefficient * (u.float() - g.float())).to(prev_sample.dtype)
+        wide = torch.promote_types(prev_sample.dtype, torch.float32)
+        return (prev_sample.to(wide) + coefficient * (u.to(wide) - g.to(wide))).to(prev_sample.dtype)

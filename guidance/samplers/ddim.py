@@ -20,14 +20,22 @@ class DDIMCorrection(SingleStepCorrection):
             raise refuse(scheduler, "clip_sample or thresholding (x̂0 clipping changes ε)",
                          "Build the scheduler with clip_sample=False, thresholding=False.")
 
-    def next_noise(self, scheduler: Any, index: int, steps: StepTable, kwargs: dict[str, Any]) -> float:
+    @staticmethod
+    def _alphas(scheduler: Any, index: int, steps: StepTable) -> tuple[float, float]:
+        """ᾱ of the step and of the previous timestep, as diffusers' DDIM takes them."""
         t = int(steps.timesteps[index])
         prev_t = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
         alpha = float(scheduler.alphas_cumprod[t])
-        alpha_prev = float(scheduler.alphas_cumprod[prev_t]) if prev_t >= 0 else float(scheduler.final_alpha_cumprod)
+        return alpha, float(scheduler.alphas_cumprod[prev_t]) if prev_t >= 0 else float(scheduler.final_alpha_cumprod)
+
+    def next_noise(self, scheduler: Any, index: int, steps: StepTable, kwargs: dict[str, Any]) -> float:
+        alpha, alpha_prev = self._alphas(scheduler, index, steps)
         eta = float(kwargs.get("eta", 0.0) or 0.0)
         variance = (1 - alpha_prev) / (1 - alpha) * (1 - alpha / alpha_prev)
         return math.sqrt(max(1.0 - alpha_prev - eta**2 * variance, 0.0))
+
+    def next_signal(self, scheduler: Any, index: int, steps: StepTable) -> float:
+        return math.sqrt(self._alphas(scheduler, index, steps)[1])
 
 
 class CogVideoXDDIMCorrection(DDIMCorrection):

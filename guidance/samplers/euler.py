@@ -18,3 +18,6 @@ class EulerCorrection(SingleStepCorrection):
         if float(kwargs.get("s_churn", 0.0) or 0.0) != 0.0:
             raise refuse(scheduler, "s_churn > 0 (stochastic Euler)", "Leave s_churn at 0.")
         return float(scheduler.sigmas[index + 1])
+
+    def next_signal(self, scheduler: Any, index: int, steps: StepTable) -> float:
+        return 1.0  # VE latents x = x0 + σ·n

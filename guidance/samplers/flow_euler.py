@@ -22,3 +22,6 @@ class FlowEulerCorrection(SingleStepCorrection):
         if kwargs.get("per_token_timesteps") is not None:
             raise refuse(scheduler, "per_token_timesteps", "Call it without per-token timesteps.")
         return float(scheduler.sigmas[index + 1])
+
+    def next_signal(self, scheduler: Any, index: int, steps: StepTable) -> float:
+        return 1.0 - float(scheduler.sigmas[index + 1])
