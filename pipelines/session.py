@@ -28,6 +28,7 @@ from guidance.telemetry import StepRecord
 from .adapters import adapter_for
 from .caches import caches_on, check_run, check_spec
 from .call import DenoiserCall, Group, RowView, first_output, with_first_output
+from .nag import NAGHook
 from .perturbations import Perturbation, RowDispatch, RowScope, perturbation_for
 from .stepping import step_table
 
@@ -109,6 +110,14 @@ class Session:
         self._active = self._routes[0]  # the route of the denoiser call being served
         self._caches = sorted({cache for d in self.adapter.denoisers for cache in caches_on(d)})
         check_spec(self._caches, self.guidance)
+        attention = self.guidance.attention
+        self._nag: NAGHook | None = None  # NAG in the conditional rows' attention (docs/CONVENTIONS.md §31)
+        if attention is not None and attention.active:
+            self.adapter.check_nag(self.guidance)
+            self._nag = NAGHook(attention, self.adapter)
+        # NAG's negative prompt embeddings where the family's calls do not carry them (set by guidance.run)
+        self.nag_negative: dict[str, torch.Tensor] | None = None
+        self._negative: dict[str, torch.Tensor] | None = None  # NAG's negative for the current pipeline call
 
     # ---------------------------------------------------------------- install / restore
 
@@ -143,12 +152,16 @@ class Session:
             dispatches: dict[tuple[int, str], RowDispatch] = {}
             for perturbation in self._perturbations.values():
                 perturbation.install(dispatches)
+            if self._nag is not None:
+                self._nag.install()
         except BaseException:
             self.__exit__(None, None, None)
             raise
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if self._nag is not None:
+            self._nag.remove()
         for perturbation in reversed(list(self._perturbations.values())):
             perturbation.remove()
         for obj, name, had, old in reversed(self._patches):
@@ -235,6 +248,8 @@ class Session:
         if run is None or (run.step is not None and run.step >= len(run.table)):
             return self.evaluate(call)
         self.adapter.check_call(call)
+        if self._nag is not None:
+            self._negative = self.adapter.nag_negative(call, self.nag_negative)
         if run.step is None:
             self._locate(call)
         run.calls += 1
@@ -320,8 +335,11 @@ class Session:
             start += group.call.batch
         run = self.current_run
         t = run.table.timesteps[run.step] / run.table.num_train_timesteps
-        active = []
+        active, conditional = [], None
         for group, rows in zip(own, bounds, strict=True):
+            part = group.conditional_rows()
+            if part is not None:
+                conditional = slice(rows.start + part.start, rows.start + part.stop)
             if group.reference is not None:
                 group.reference.prepare(RowView(joined, rows, self.adapter, self.pipe))
                 perturbation = self._perturbations.get(id(group.reference))
@@ -334,7 +352,10 @@ class Session:
         self._calls += 1
         try:
             with self._scope.within(0, joined.batch):
-                out = joined.run(self._active.original)
+                if self._nag is not None and conditional is not None:
+                    out = self._nag.run(joined, conditional, self._negative, self._active.original)
+                else:
+                    out = joined.run(self._active.original)
         finally:
             for perturbation in active:
                 perturbation.rows = None
