@@ -43,13 +43,12 @@ class WanAdapter(SeparateCallsAdapter):
     nag_alpha = 0.25
 
     def nag_layers(self, denoiser: nn.Module) -> list[tuple[nn.Module, str]]:
-        layers = [block.attn2 for block in denoiser.blocks]
-        if any(getattr(attn, "add_k_proj", None) is not None for attn in layers):
+        if denoiser.config.get("image_dim") is not None:
             raise GuidanceError(
                 f"NAG on {type(self.pipe).__name__}: this Wan transformer's cross-attention also attends to image-"
                 "encoder states, which the official code adds after guiding the text part; not implemented here. Use "
                 "WanPipeline (text-to-video), or the pipeline's negative prompt with reference uncond.")
-        return [(attn, "cross") for attn in layers]
+        return [(block.attn2, "cross") for block in denoiser.blocks]
 
     def nag_encode(self, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The call's negative embeddings, or its negative prompt ("" if none) through the pipeline's encode_prompt."""
