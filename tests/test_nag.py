@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from diffusers.models.embeddings import apply_rotary_emb
+from test_restore import snapshot
 
 import guidance
 from guidance.attention import NAG
@@ -16,7 +16,6 @@ from guidance.pipelines.nag import NAGHook
 from guidance.pipelines.testing.tiny import tiny_call_kwargs, tiny_pipeline
 
 from conftest import output_tensor, strip_scales
-from test_restore import snapshot
 
 B = 2
 SCALE, TAU = 4.0, 2.5
