@@ -63,8 +63,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     from ..registry import describe_fields
     from ..spec import AXES
 
+    headings = {"policy": "policies", "attention": "attention guidance (optional: inside the conditional pass)"}
     for axis, registry in AXES.items():
-        print(f"{axis[:-1] + 'ies' if axis.endswith('y') else axis + 's'}:")
+        print(f"{headings.get(axis, axis + 's')}:")
         for cls in registry.classes():
             print(f"  {cls.name:<16} {cls.summary}")
             print(f"  {'':<16} parameters: {describe_fields(cls)}")
