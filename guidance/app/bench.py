@@ -40,6 +40,7 @@ from ..pipelines.testing.tiny import sd15_like, tiny_call_kwargs, tiny_pipeline,
 SCALE = 7.5
 NATIVE = "native diffusers CFG"
 NATIVE_PAG = "native diffusers PAG"  # StableDiffusionPAGPipeline on the same components: the PAG term's baseline
+NATIVE_COND = "native diffusers, no CFG"  # the pipeline at guidance_scale 1 (one conditional pass): NAG's baseline
 PAG_SCALE, PAG_LAYERS = 3.0, ["mid"]
 QUIET = "cfg (telemetry off)"
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -53,8 +54,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "linear schedule": {"schedule": "linear"},
     "adaptive": {"policy": "adaptive"},
     "pag term": {"terms": [{"reference": {"name": "pag", "layers": PAG_LAYERS}, "scale": PAG_SCALE}]},
+    "nag (no CFG)": {"scale": 1.0, "attention": {"name": "nag"}},
+    "nag + cfg": {"attention": {"name": "nag"}},
 }
-BASELINES = {"pag term": NATIVE_PAG}  # a variant's native counterpart (default: native CFG)
+# a variant's native counterpart (default: native CFG)
+BASELINES = {"pag term": NATIVE_PAG, "nag (no CFG)": NATIVE_COND}
+NATIVES = (NATIVE, NATIVE_PAG, NATIVE_COND)
 
 
 def baseline(label: str) -> str:
@@ -66,12 +71,14 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 @dataclass(frozen=True)
 class BenchPipeline:
     """A random-weight benchmark pipeline: its builder on a device, its tiny family (call arguments), the image side
-    in pixels (None: the family's tiny size), for video the frame count, and the variants it has not."""
+    in pixels (None: the family's tiny size), for video the frame count, the text tokens of its prompt embeddings
+    (None: the family's tiny call's), and the variants it has not."""
 
     build: Callable[[str], Any]
     family: str = "sd"
     side: int | None = None
     frames: int | None = None
+    text_tokens: int | None = None
     without: tuple[str, ...] = ()
 
 
@@ -81,6 +88,9 @@ PIPELINES: dict[str, BenchPipeline] = {
     "sd15": BenchPipeline(lambda device: sd15_like(320, 768, device=device), side=128),
     "wan-like": BenchPipeline(lambda device: wan_like(1024, 2, device=device), family="wan", side=256, frames=17,
                               without=("pag term",)),  # its baseline is diffusers' SD PAG pipeline
+    # the same with Wan's 512 text tokens (max_sequence_length), the text length NAG's extra cross-attention sees
+    "wan-like-t512": BenchPipeline(lambda device: wan_like(1024, 2, device=device), family="wan", side=256, frames=17,
+                                   text_tokens=512, without=("pag term",)),
 }
 
 
@@ -124,16 +134,24 @@ class Bench:
         kwargs = tiny_call_kwargs(self.spec.family, batch=1, seed=0, num_inference_steps=steps)
         kwargs.pop("guidance_scale")
         sizes = {"height": self.spec.side, "width": self.spec.side, "num_frames": self.spec.frames}
+        if self.spec.text_tokens is not None:
+            rng = torch.Generator().manual_seed(0)
+            for key in ("prompt_embeds", "negative_prompt_embeds"):
+                kwargs[key] = torch.randn(1, self.spec.text_tokens, kwargs[key].shape[-1], generator=rng)
         return kwargs | {"output_type": "latent"} | {k: v for k, v in sizes.items() if v is not None}
+
+    def native(self, label: str, kwargs: dict[str, Any], scale: float = SCALE) -> Any:
+        """A native baseline's output: the pipeline's own CFG, diffusers' PAG pipeline, or no CFG at all."""
+        if label == NATIVE_PAG:
+            return output_of(self.pag_pipe(**kwargs, guidance_scale=scale, pag_scale=PAG_SCALE))
+        return output_of(self.pipe(**kwargs, guidance_scale=1.0 if label == NATIVE_COND else scale))
 
     def call(self, label: str, steps: int | None = None) -> Any:
         kwargs = self.kwargs if steps is None else self.kwargs | {"num_inference_steps": steps}
         kwargs = kwargs | {"generator": torch.Generator().manual_seed(0)}
         with torch.no_grad():
-            if label == NATIVE:
-                return output_of(self.pipe(**kwargs, guidance_scale=SCALE))
-            if label == NATIVE_PAG:
-                return output_of(self.pag_pipe(**kwargs, guidance_scale=SCALE, pag_scale=PAG_SCALE))
+            if label in NATIVES:
+                return self.native(label, kwargs)
             spec = {"scale": SCALE, **VARIANTS[label]}
             if label != QUIET:
                 return output_of(run(self.pipe, spec, **kwargs))
@@ -306,7 +324,7 @@ def sync_variants(bench: Bench, steps: int = 4, variants: list[str] | None = Non
         bench.call(label, steps)  # warm-up
         short, long = sync_sites(bench, label, steps), sync_sites(bench, label, 2 * steps)
         per_step = (len(long) - len(short)) / steps
-        if label in (NATIVE, NATIVE_PAG):
+        if label in NATIVES:
             natives[label] = Counter(long)
         extra = Counter(long) - natives[baseline(label)]
         rows.append({"variant": label, "per_step": per_step, "per_call": len(short) - steps * per_step,
@@ -324,10 +342,8 @@ def numerics(bench: Bench, scales: tuple[float, ...] = (7.5, 100.0), variants: l
             spec = {"scale": scale, **VARIANTS.get(label, {})}
             kwargs = bench.kwargs | {"generator": torch.Generator().manual_seed(0)}
             with torch.no_grad():
-                if label == NATIVE:
-                    latents = output_of(bench.pipe(**kwargs, guidance_scale=scale))
-                elif label == NATIVE_PAG:
-                    latents = output_of(bench.pag_pipe(**kwargs, guidance_scale=scale, pag_scale=PAG_SCALE))
+                if label in NATIVES:
+                    latents = bench.native(label, kwargs, scale)
                 else:
                     latents = output_of(run(bench.pipe, spec, **kwargs))
             rows.append({"variant": label, "scale": spec["scale"], "finite": bool(torch.isfinite(latents).all()),
