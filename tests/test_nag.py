@@ -4,6 +4,8 @@ the plain pipeline, one conditional pass per step, exact restore, composition an
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
@@ -12,6 +14,7 @@ from test_restore import snapshot
 import guidance
 from guidance.attention import NAG
 from guidance.pipelines.adapters import adapter_for
+from guidance.pipelines.call import DenoiserCall
 from guidance.pipelines.nag import NAGHook
 from guidance.pipelines.testing.tiny import tiny_call_kwargs, tiny_pipeline
 
@@ -21,7 +24,8 @@ B = 2
 SCALE, TAU = 4.0, 2.5
 
 
-def official(pos: torch.Tensor, neg: torch.Tensor, alpha: float, p: int, variant: str) -> torch.Tensor:
+def official(pos: torch.Tensor, neg: torch.Tensor, alpha: float, p: int, variant: str,
+             exercised: bool = True) -> torch.Tensor:
     """The official processors' NAG step, written from their code (float64 here): attention_nag.py (SD-XL) and
     attention_flux_nag.py (Flux: p = 2) use min(r, τ)/r, attention_joint_nag.py (SD3) adds 1e-7 to ‖Z⁺‖ and r,
     attention_wan_nag.py rescales the tokens with r > τ to ‖Z⁺‖·τ/(‖Z̃‖ + 1e-7), 0/0 read as 10."""
@@ -39,7 +43,7 @@ def official(pos: torch.Tensor, neg: torch.Tensor, alpha: float, p: int, variant
     else:
         r = norm_g / norm_pos
         g = g * torch.minimum(r, r.new_ones(1) * TAU) / r
-    assert (r > TAU).any() and (r <= TAU).any()  # both branches of the clip are exercised
+    assert not exercised or ((r > TAU).any() and (r <= TAU).any())  # both branches of the clip are exercised
     return g * alpha + pos * (1 - alpha)
 
 
@@ -151,10 +155,14 @@ def test_sd3_joint_attention_equals_the_formula(family: str) -> None:
     torch.testing.assert_close(text, expected_text, atol=1e-5, rtol=1e-5)
 
 
+def _flux_ids(text: int, image: int) -> torch.Tensor:
+    """Flux's position ids: the text tokens' (zeros), then the image tokens' on a 4-wide grid."""
+    return torch.cat([torch.zeros(text, 3), torch.stack([torch.zeros(image), torch.arange(image) // 4,
+                                                         torch.arange(image) % 4], dim=1)])
+
+
 def _flux_rope(pipe, text: int, image: int) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = torch.cat([torch.zeros(text, 3), torch.stack([torch.zeros(image), torch.arange(image) // 4,
-                                                        torch.arange(image) % 4], dim=1)])
-    return pipe.transformer.pos_embed(ids)
+    return pipe.transformer.pos_embed(_flux_ids(text, image))
 
 
 def test_flux_double_block_attention_equals_the_formula() -> None:
@@ -207,6 +215,65 @@ def test_flux_single_block_attention_equals_the_formula() -> None:
         guided = official(plain[:B, 5:], plain[B:, 5:], alpha=0.25, p=2, variant="flux").float()
         expected = plain.clone()
         expected[:, 5:] = torch.cat([guided, guided])
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def flux_by_hand(transformer, latents, t, text, pooled, ids) -> torch.Tensor:
+    """The official NAG Flux transformer (transformer_flux.py, attention_flux_nag.py, the truncated norms of
+    normalization.py), written out: the image stream of B rows with the conditional rows' modulation, the text stream
+    of 2B rows (prompt, negative prompt) with its own, the image tokens tiled before the single blocks, the first B
+    rows' output."""
+    rope = transformer.pos_embed(ids)
+    x = transformer.x_embedder(latents)
+    temb = transformer.time_text_embed(t.repeat(2) * 1000, pooled)
+    ctx = transformer.context_embedder(text)
+    tokens = ctx.shape[1]
+
+    def rotated(q, k, v):
+        return attend(apply_rotary_emb(q, rope, sequence_dim=2), apply_rotary_emb(k, rope, sequence_dim=2), v)
+
+    for block in transformer.transformer_blocks:
+        nx, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1(x, emb=temb[:B])
+        nc, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = block.norm1_context(ctx, emb=temb)
+        own = _joint_image(block.attn, nx.repeat(2, 1, 1))
+        out = rotated(*(torch.cat([c, i], dim=2) for i, c in zip(own, _joint_context(block.attn, nc), strict=True)))
+        image = official(out[:B, tokens:], out[B:, tokens:], 0.25, 2, "flux", exercised=False).float()
+        x = x + gate_msa[:, None] * block.attn.to_out[0](image)
+        x = x + gate_mlp[:, None] * block.ff(block.norm2(x) * (1 + scale_mlp[:, None]) + shift_mlp[:, None])
+        ctx = ctx + c_gate_msa[:, None] * block.attn.to_add_out(out[:, :tokens])
+        ctx = ctx + c_gate_mlp[:, None] * block.ff_context(block.norm2_context(ctx) * (1 + c_scale_mlp[:, None])
+                                                           + c_shift_mlp[:, None])
+    h = torch.cat([ctx, x.repeat(2, 1, 1)], dim=1)
+    for block in transformer.single_transformer_blocks:
+        nh, gate = block.norm(h, emb=temb)
+        out = rotated(*_joint_image(block.attn, nh))
+        image = official(out[:B, tokens:], out[B:, tokens:], 0.25, 2, "flux", exercised=False).float()
+        out[:, tokens:] = torch.cat([image, image])
+        h = h + gate[:, None] * block.proj_out(torch.cat([out, block.act_mlp(block.proj_mlp(nh))], dim=2))
+    return transformer.proj_out(transformer.norm_out(h[:B, tokens:], temb[:B]))
+
+
+def test_flux_transformer_equals_the_official_negative_stream() -> None:
+    """A whole NAG transformer call of Flux (one double, one single block) against the official computation written
+    out by hand: the negative text's stream, its negative pooled text, the tiled image tokens, the kept rows."""
+    pipe = tiny_pipeline("flux")
+    transformer = pipe.transformer
+    latents, text, pooled = inputs((B, 16, 16), (2 * B, 5, 32))[:2] + inputs((2 * B, 32))
+    text[B] = text[0] + 0.05 * text[B]  # sample 0's negative prompt near its prompt
+    t = torch.tensor([0.7] * B)
+    ids = _flux_ids(5, 16)
+    call = DenoiserCall.bind(inspect.signature(transformer.forward), (), {
+        "hidden_states": latents, "timestep": t, "pooled_projections": pooled[:B], "encoder_hidden_states": text[:B],
+        "txt_ids": ids[:5], "img_ids": ids[5:], "return_dict": False})
+    hook = with_hook(pipe)
+    try:
+        with torch.no_grad():
+            out = hook.run(call, slice(0, B), {"encoder_hidden_states": text[B:], "pooled_projections": pooled[B:]},
+                           transformer.forward)[0]
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        expected = flux_by_hand(transformer, latents, t, text, pooled, ids)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
