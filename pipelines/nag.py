@@ -32,9 +32,16 @@ from guidance.attention import NAG, normalized_attention
 from .call import DenoiserCall, first_output, with_first_output
 
 
+@functools.cache
+def _signature(cls: type) -> inspect.Signature:
+    return inspect.signature(cls.forward)
+
+
 def _bound(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """A module call's arguments by name (its forward's signature)."""
-    return inspect.signature(type(module).forward).bind(module, *args, **kwargs).arguments
+    """A module call's arguments by name (its forward's signature), without the module itself."""
+    arguments = _signature(type(module)).bind(module, *args, **kwargs).arguments
+    arguments.pop("self")
+    return arguments
 
 
 class NAGProcessor:
@@ -93,14 +100,17 @@ class NAGHook:
                 processor = NAGProcessor(self, module, kind)
                 self._undo.append(processor.restore)
                 if kind != "single":
-                    handle = module.to_out[0].register_forward_pre_hook(self._project)
-                    self._undo.append(handle.remove)
+                    self._hook(module.to_out[0].register_forward_pre_hook(self._project))
+                    for name in ("to_q",) if kind == "cross" else ("to_q", "to_k", "to_v"):
+                        self._hook(getattr(module, name).register_forward_pre_hook(self._conditional_in))
+                        self._hook(getattr(module, name).register_forward_hook(self._conditional_out))
             for block in self.adapter.nag_single_blocks(denoiser):
-                handle = block.register_forward_pre_hook(self._to_single, with_kwargs=True)
-                self._undo.append(handle.remove)
+                self._hook(block.register_forward_pre_hook(self._to_single, with_kwargs=True))
             for norm in self.adapter.nag_image_norms(denoiser):
-                handle = norm.register_forward_pre_hook(self._image_modulation, with_kwargs=True)
-                self._undo.append(handle.remove)
+                self._hook(norm.register_forward_pre_hook(self._image_modulation, with_kwargs=True))
+
+    def _hook(self, handle: Any) -> None:
+        self._undo.append(handle.remove)
 
     def remove(self) -> None:
         for undo in reversed(self._undo):
@@ -123,12 +133,22 @@ class NAGHook:
         return normalized_attention(positive, negative, method.scale, method.tau, self.alpha, self.adapter.nag_norm)
 
     def _project(self, module: nn.Module, args: tuple) -> tuple | None:
-        """The output projection's input: the conditional rows' features → NAG(Z⁺, Z⁻ of the appended rows)."""
+        """The output projection's input: the conditional rows' features → NAG(Z⁺, Z⁻ of the appended rows); the
+        appended rows are dropped (their image output is not used), so the projection runs on the call's rows."""
         if self.pending is None:
             return None
-        features = args[0].clone()
-        features[self.rows] = self.guided(features[self.rows], features[self.pending:])
+        features = args[0][:self.pending].clone()
+        features[self.rows] = self.guided(features[self.rows], args[0][self.pending:])
         return (features, *args[1:])
+
+    def _conditional_in(self, module: nn.Module, args: tuple) -> tuple | None:
+        """An image-token projection (to_q; joint: to_k, to_v): computed on the call's rows only, ..."""
+        return None if self.pending is None else (args[0][:self.pending], *args[1:])
+
+    def _conditional_out(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        """... and its conditional rows' result appended for the negative rows (a projection is row-wise: the same
+        as projecting the appended copies, as the official code tiles the projected queries, keys and values)."""
+        return None if self.pending is None else torch.cat([output, output[self.rows]])
 
     def guide_single(self, out: torch.Tensor) -> torch.Tensor:
         """A single block's attention output (text then image tokens): NAG on the image part of the conditional and
@@ -146,7 +166,6 @@ class NAGHook:
         if self.rows is None:
             return None
         arguments = _bound(module, args, kwargs)
-        arguments.pop("self")
         hidden, text = arguments["hidden_states"], arguments["encoder_hidden_states"]
         self.text_tokens = text.shape[1]
         if hidden.shape[0] < text.shape[0]:
@@ -159,7 +178,6 @@ class NAGHook:
         if self.rows is None:
             return None
         arguments = _bound(module, args, kwargs)
-        arguments.pop("self")
         rows = next(iter(arguments.values())).shape[0]
         cut = {name: value[:rows] if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] > rows
                else value for name, value in arguments.items()}
