@@ -57,11 +57,17 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return (weights @ v).transpose(1, 2).flatten(2)
 
 
-def with_hook(pipe, alpha: float | None = None) -> NAGHook:
-    hook = NAGHook(NAG(scale=SCALE, tau=TAU, alpha=alpha), adapter_for(pipe))
+def hooked(pipe, run, text_tokens: int = 0):
+    """`run()` (without gradients) with NAG installed on the pipeline's denoiser, active for the conditional rows
+    0..B; removed after."""
+    hook = NAGHook(NAG(scale=SCALE, tau=TAU), adapter_for(pipe))
     hook.install()
-    hook.rows, hook.batch = slice(0, B), B
-    return hook
+    hook.rows, hook.batch, hook.text_tokens = slice(0, B), B, text_tokens
+    try:
+        with torch.no_grad():
+            return run(hook)
+    finally:
+        hook.remove()
 
 
 def inputs(*shapes: tuple[int, ...]) -> list[torch.Tensor]:
@@ -82,12 +88,7 @@ def test_unet_cross_attention_equals_the_formula(family: str) -> None:
     attn = next(m for m in pipe.unet.modules() if getattr(m, "is_cross_attention", False))
     width, text = attn.to_q.in_features, attn.to_k.in_features
     hidden, positive, negative = inputs((B, 6, width), (B, 5, text), (B, 5, text))
-    hook = with_hook(pipe)
-    try:
-        with torch.no_grad():
-            out = attn(hidden, encoder_hidden_states=torch.cat([positive, negative]))
-    finally:
-        hook.remove()
+    out = hooked(pipe, lambda hook: attn(hidden, encoder_hidden_states=torch.cat([positive, negative])))
     with torch.no_grad():
         q = heads(attn.to_q(hidden), attn.heads)
         z = [attend(q, heads(attn.to_k(c), attn.heads), heads(attn.to_v(c), attn.heads)) for c in (positive, negative)]
@@ -101,12 +102,7 @@ def test_wan_cross_attention_equals_the_formula() -> None:
     attn = pipe.transformer.blocks[0].attn2
     width = attn.to_q.in_features
     hidden, positive, negative = inputs((B, 8, width), (B, 5, width), (B, 5, width))
-    hook = with_hook(pipe)
-    try:
-        with torch.no_grad():
-            out = attn(hidden, torch.cat([positive, negative]))
-    finally:
-        hook.remove()
+    out = hooked(pipe, lambda hook: attn(hidden, torch.cat([positive, negative])))
     with torch.no_grad():
         q = heads(attn.norm_q(attn.to_q(hidden)), attn.heads)
         z = [attend(q, heads(attn.norm_k(attn.to_k(c)), attn.heads), heads(attn.to_v(c), attn.heads))
@@ -138,12 +134,7 @@ def test_sd3_joint_attention_equals_the_formula(family: str) -> None:
     attn = pipe.transformer.transformer_blocks[0].attn
     width = attn.to_q.in_features
     hidden, positive, negative = inputs((B, 6, width), (B, 5, width), (B, 5, width))
-    hook = with_hook(pipe)
-    try:
-        with torch.no_grad():
-            image, text = attn(hidden, encoder_hidden_states=torch.cat([positive, negative]))
-    finally:
-        hook.remove()
+    image, text = hooked(pipe, lambda hook: attn(hidden, encoder_hidden_states=torch.cat([positive, negative])))
     with torch.no_grad():
         own = _joint_image(attn, hidden)
         joint = [[attend(*(torch.cat([x, c], dim=2) for x, c in zip(own, _joint_context(attn, ctx), strict=True)))]
@@ -173,12 +164,8 @@ def test_flux_double_block_attention_equals_the_formula() -> None:
     width = attn.to_q.in_features
     hidden, positive, negative = inputs((B, 16, width), (B, 5, width), (B, 5, width))
     rope = _flux_rope(pipe, 5, 16)
-    hook = with_hook(pipe)
-    try:
-        with torch.no_grad():
-            image, text = attn(hidden, encoder_hidden_states=torch.cat([positive, negative]), image_rotary_emb=rope)
-    finally:
-        hook.remove()
+    image, text = hooked(pipe, lambda hook: attn(hidden, encoder_hidden_states=torch.cat([positive, negative]),
+                                                 image_rotary_emb=rope))
     with torch.no_grad():
         own = _joint_image(attn, hidden)
         outs = []
@@ -202,13 +189,7 @@ def test_flux_single_block_attention_equals_the_formula() -> None:
     (sequence,) = inputs((2 * B, 5 + 16, width))
     sequence[B] = sequence[0] + 0.05 * sequence[B]  # sample 0's negative row near its conditional row (under τ)
     rope = _flux_rope(pipe, 5, 16)
-    hook = with_hook(pipe)
-    hook.text_tokens = 5
-    try:
-        with torch.no_grad():
-            out = attn(sequence, image_rotary_emb=rope)
-    finally:
-        hook.remove()
+    out = hooked(pipe, lambda hook: attn(sequence, image_rotary_emb=rope), text_tokens=5)
     with torch.no_grad():
         q, k, v = _joint_image(attn, sequence)
         plain = attend(apply_rotary_emb(q, rope, sequence_dim=2), apply_rotary_emb(k, rope, sequence_dim=2), v)
@@ -265,13 +246,8 @@ def test_flux_transformer_equals_the_official_negative_stream() -> None:
     call = DenoiserCall.bind(inspect.signature(transformer.forward), (), {
         "hidden_states": latents, "timestep": t, "pooled_projections": pooled[:B], "encoder_hidden_states": text[:B],
         "txt_ids": ids[:5], "img_ids": ids[5:], "return_dict": False})
-    hook = with_hook(pipe)
-    try:
-        with torch.no_grad():
-            out = hook.run(call, slice(0, B), {"encoder_hidden_states": text[B:], "pooled_projections": pooled[B:]},
-                           transformer.forward)[0]
-    finally:
-        hook.remove()
+    negative = {"encoder_hidden_states": text[B:], "pooled_projections": pooled[B:]}
+    out = hooked(pipe, lambda hook: hook.run(call, slice(0, B), negative, transformer.forward)[0])
     with torch.no_grad():
         expected = flux_by_hand(transformer, latents, t, text, pooled, ids)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
