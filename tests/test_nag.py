@@ -253,6 +253,60 @@ def test_flux_transformer_equals_the_official_negative_stream() -> None:
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
+def sd3_by_hand(transformer, latents, t, text, pooled, rows: slice) -> torch.Tensor:
+    """The official NAG SD3 transformer (pipeline_sd3_nag.py, attention_joint_nag.py, the truncated norms), written
+    out for a CFG batch: the image stream of the call's rows, the text stream with the negative prompt's rows after
+    them (their time-text embedding the conditional rows' own: pooled text and time), the conditional rows' image
+    tokens attending again with the negative text, their image output guided, the unconditional rows' as they are."""
+    n = latents.shape[0]
+    x = transformer.pos_embed(latents)
+    temb = transformer.time_text_embed(torch.cat([t, t[rows]]), torch.cat([pooled, pooled[rows]]))
+    ctx = transformer.context_embedder(text)
+    tokens = x.shape[1]
+    for block in transformer.transformer_blocks:
+        nx, gate_msa, shift_mlp, scale_mlp, gate_mlp, *dual = block.norm1(x, emb=temb[:n])
+        if block.context_pre_only:
+            nc = block.norm1_context(ctx, temb)
+        else:
+            nc, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = block.norm1_context(ctx, emb=temb)
+        own = _joint_image(block.attn, torch.cat([nx, nx[rows]]))
+        out = attend(*(torch.cat([i, c], dim=2) for i, c in zip(own, _joint_context(block.attn, nc), strict=True)))
+        image = out[:n, :tokens].clone()
+        image[rows] = official(image[rows], out[n:, :tokens], 0.125, 1, "sd3", exercised=False).float()
+        x = x + gate_msa[:, None] * block.attn.to_out[0](image)
+        if dual:
+            x = x + dual[1][:, None] * block.attn2(hidden_states=dual[0])
+        x = x + gate_mlp[:, None] * block.ff(block.norm2(x) * (1 + scale_mlp[:, None]) + shift_mlp[:, None])
+        if not block.context_pre_only:
+            ctx = ctx + c_gate_msa[:, None] * block.attn.to_add_out(out[:, tokens:])
+            ctx = ctx + c_gate_mlp[:, None] * block.ff_context(block.norm2_context(ctx) * (1 + c_scale_mlp[:, None])
+                                                               + c_shift_mlp[:, None])
+    x = transformer.proj_out(transformer.norm_out(x, temb[:n]))
+    p, side = transformer.config.patch_size, latents.shape[-1] // transformer.config.patch_size
+    x = torch.einsum("nhwpqc->nchpwq", x.reshape(n, side, side, p, p, -1))
+    return x.reshape(n, -1, side * p, side * p)
+
+
+@pytest.mark.parametrize("family", ["sd3", "sd35"])
+def test_sd3_transformer_equals_the_official_negative_stream(family: str) -> None:
+    """A whole NAG transformer call of SD3 / SD3.5 (qk norms, a dual-attention block, a last block without text
+    output) on a [uncond; cond] CFG batch against the official computation written out by hand."""
+    pipe = tiny_pipeline(family)
+    transformer = pipe.transformer
+    latents, text, pooled = inputs((2 * B, 4, 8, 8), (3 * B, 5, 32))[:2] + inputs((2 * B, 32))
+    text[2 * B] = text[B] + 0.05 * text[2 * B]  # sample 0's negative prompt near its prompt
+    t = torch.tensor([700.0] * 2 * B)
+    call = DenoiserCall.bind(inspect.signature(transformer.forward), (), {
+        "hidden_states": latents, "timestep": t, "pooled_projections": pooled,
+        "encoder_hidden_states": text[:2 * B], "return_dict": False})
+    rows = slice(B, 2 * B)
+    out = hooked(pipe, lambda hook: hook.run(call, rows, {"encoder_hidden_states": text[2 * B:]},
+                                             transformer.forward)[0])
+    with torch.no_grad():
+        expected = sd3_by_hand(transformer, latents, t, text, pooled, rows)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
 FAMILIES = ["flux", "flux_kontext", "sd3", "sd35", "wan", "sdxl", "sd"]
 
 
