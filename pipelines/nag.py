@@ -4,10 +4,11 @@ prompt within the same denoiser call, as the official code (ChenDarYen/Normalize
 The call is extended, never repeated: its text condition gets one negative row per conditional row, appended after
 the call's rows (`Adapter.nag_call`); the image stream keeps the call's rows. In each attention module the adapter
 names (`Adapter.nag_layers`):
-- "cross" (SD/SDXL `attn2`, Wan `attn2`) and "joint" (Flux double blocks, SD3): the conditional rows' image tokens are
-  appended again as the negative rows' queries (and, in joint attention, keys and values), so Z⁻ is the same queries'
-  attention output with the negative text; at the output projection's input, the conditional rows' image features
-  become NAG(Z⁺, Z⁻) (guidance.attention.nag) and the negative rows' image outputs are dropped. In joint attention the
+- "cross" (SD/SDXL `attn2`, Wan `attn2`) and "joint" (Flux double blocks, SD3): the conditional rows' projected image
+  tokens are appended again as the negative rows' queries (and, in joint attention, keys and values; projected once,
+  as the official code tiles them), so Z⁻ is the same queries' attention output with the negative text; at the output
+  projection's input, the conditional rows' image features become NAG(Z⁺, Z⁻) (guidance.attention.nag) and the
+  negative rows' are dropped. In joint attention the
   negative text rows keep their own output: the negative text runs through the blocks as a stream of its own, its
   modulation from the negative rows' time-text embedding (`Adapter.nag_call`), while the image stream's adaptive norms
   take the image rows' embeddings (the official code's truncated norms).
