@@ -35,7 +35,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..pipelines.api import attach, run
 from ..pipelines.bundled import BUNDLED
-from ..pipelines.testing.tiny import sd15_like, tiny_call_kwargs, tiny_pipeline, wan_like
+from ..pipelines.testing.tiny import flux_like, sd15_like, tiny_call_kwargs, tiny_pipeline, wan_like
 
 SCALE = 7.5
 NATIVE = "native diffusers CFG"
@@ -72,13 +72,14 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 class BenchPipeline:
     """A random-weight benchmark pipeline: its builder on a device, its tiny family (call arguments), the image side
     in pixels (None: the family's tiny size), for video the frame count, the text tokens of its prompt embeddings
-    (None: the family's tiny call's), and the variants it has not."""
+    (None: the family's tiny call's), the call argument that switches its CFG on, and the variants it has not."""
 
     build: Callable[[str], Any]
     family: str = "sd"
     side: int | None = None
     frames: int | None = None
     text_tokens: int | None = None
+    cfg_argument: str = "guidance_scale"
     without: tuple[str, ...] = ()
 
 
@@ -91,6 +92,11 @@ PIPELINES: dict[str, BenchPipeline] = {
     # the same with Wan's 512 text tokens (max_sequence_length), the text length NAG's extra cross-attention sees
     "wan-like-t512": BenchPipeline(lambda device: wan_like(1024, 2, device=device), family="wan", side=256, frames=17,
                                    text_tokens=512, without=("pag term",)),
+    # Flux.1's structure at width 768 (2 double, 4 single blocks), 1 024 image and 512 text tokens; true CFG switch;
+    # only the NAG variants (the others' host overhead is measured on the pipelines above)
+    "flux-like": BenchPipeline(lambda device: flux_like(768, 2, 4, device=device), family="flux", side=128,
+                               text_tokens=512, cfg_argument="true_cfg_scale",
+                               without=tuple(v for v in VARIANTS if not v.startswith("nag"))),
 }
 
 
@@ -132,7 +138,7 @@ class Bench:
 
     def call_kwargs(self, steps: int) -> dict[str, Any]:
         kwargs = tiny_call_kwargs(self.spec.family, batch=1, seed=0, num_inference_steps=steps)
-        kwargs.pop("guidance_scale")
+        kwargs.pop(self.spec.cfg_argument)
         sizes = {"height": self.spec.side, "width": self.spec.side, "num_frames": self.spec.frames}
         if self.spec.text_tokens is not None:
             rng = torch.Generator().manual_seed(0)
@@ -144,7 +150,7 @@ class Bench:
         """A native baseline's output: the pipeline's own CFG, diffusers' PAG pipeline, or no CFG at all."""
         if label == NATIVE_PAG:
             return output_of(self.pag_pipe(**kwargs, guidance_scale=scale, pag_scale=PAG_SCALE))
-        return output_of(self.pipe(**kwargs, guidance_scale=1.0 if label == NATIVE_COND else scale))
+        return output_of(self.pipe(**kwargs, **{self.spec.cfg_argument: 1.0 if label == NATIVE_COND else scale}))
 
     def call(self, label: str, steps: int | None = None) -> Any:
         kwargs = self.kwargs if steps is None else self.kwargs | {"num_inference_steps": steps}
@@ -196,7 +202,8 @@ def labels(bench: Bench, variants: list[str] | None = None) -> list[str]:
 
 def time_variants(bench: Bench, repeats: int = 7, variants: list[str] | None = None) -> list[dict[str, Any]]:
     """Median ms per step of native CFG and each variant over interleaved repeats, its ratio to its native baseline
-    (native CFG; diffusers' PAG pipeline for the PAG term) and the spread (max − min)/median. With the denoiser timed
+    (native CFG; diffusers' PAG pipeline for the PAG term), the spread (max − min)/median, and the ratio of the
+    fastest repeats (the least disturbed on a shared machine). With the denoiser timed
     (CPU), also the median ms per step spent outside the denoiser and the variant's host-side overhead: its extra
     time outside the denoiser as a share of its baseline's step (the part the plugin adds, free of the denoiser's
     run-to-run noise)."""
@@ -214,7 +221,8 @@ def time_variants(bench: Bench, repeats: int = 7, variants: list[str] | None = N
     for label in names:
         median, base = statistics.median(total[label]), statistics.median(total[baseline(label)])
         row = {"variant": label, "baseline": baseline(label), "ms_per_step": median, "ratio": median / base,
-               "spread": (max(total[label]) - min(total[label])) / median}
+               "spread": (max(total[label]) - min(total[label])) / median,
+               "min_ratio": min(total[label]) / min(total[baseline(label)])}
         if bench.denoiser_seconds > 0:
             row["outside_ms_per_step"] = statistics.median(outside[label])
             row["host_overhead"] = (row["outside_ms_per_step"] - statistics.median(outside[baseline(label)])) / base

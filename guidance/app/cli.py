@@ -307,11 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "whether every variant's latents stay finite at w = 7.5 and 100 in --dtype.",
         epilog="Example: guidance bench overhead --pipeline sd15-like --steps 10 --repeats 7")
     bench.add_argument("kind", choices=["overhead", "memory", "syncs", "saving", "numerics"])
-    bench.add_argument("--pipeline", choices=["tiny", "sd15-like", "sd15", "wan-like", "wan-like-t512"],
+    bench.add_argument("--pipeline", choices=["tiny", "sd15-like", "sd15", "wan-like", "wan-like-t512", "flux-like"],
                        default="sd15-like",
                        help="random-weight pipeline: tiny SD, SD-1.5 blocks at width 64 (CPU), SD-1.5 size (GPU), or "
                             "a Wan-structured video transformer (5-D latents: 17 frames at 256 px; wan-like-t512: "
-                            "with Wan's 512 text tokens)")
+                            "with Wan's 512 text tokens), or a Flux-structured transformer (NAG's variants only)")
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     bench.add_argument("--steps", type=int, default=10)
