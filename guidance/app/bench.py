@@ -5,6 +5,8 @@ Overhead (`overhead`): native CFG and every guided variant run on the same pipel
 Peak memory (`memory`): on CUDA the allocator's peak during one call after a warm-up call; on the CPU each variant
 runs in a fresh process whose glibc malloc returns every large block to the system, so the resident-memory
 high-water mark above the loaded pipeline is the peak of live tensors.
+Work (`flops`): floating-point operations of one call per step (torch's FlopCounterMode: matrix products and
+attention), the variant's against its baseline's — the denoiser work a variant adds, free of timing noise.
 Host reads (`syncs`): values the host reads from tensors per denoising step (a host–device synchronisation when the
 tensor is on an accelerator), native against the plugin: the slope between runs of N and 2N steps.
 Saving (`saving`): denoiser rows, wall time and quality of the saving policies against CFG on the digits model.
@@ -32,6 +34,7 @@ from typing import Any
 import torch
 from diffusers import StableDiffusionPAGPipeline
 from torch.overrides import TorchFunctionMode
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 
 from ..pipelines.api import attach, run
 from ..pipelines.bundled import BUNDLED
@@ -268,6 +271,24 @@ def memory_variants(bench: Bench, repeats: int = 3, variants: list[str] | None =
     return [{"variant": label, "baseline": baseline(label), "peak_mb": statistics.median(values),
              "ratio": statistics.median(values) / statistics.median(peaks[baseline(label)])}
             for label, values in peaks.items()]
+
+
+if torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default not in torch.utils.flop_counter.flop_registry:
+    @register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)
+    def _cpu_attention_flops(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, **kwargs: Any) -> int:
+        """The CPU kernel of scaled_dot_product_attention counts as the GPU ones do (torch counts only those)."""
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def flop_variants(bench: Bench, variants: list[str] | None = None) -> list[dict[str, Any]]:
+    """GFLOP per step of each variant's call and its ratio to its native baseline's."""
+    flops = {}
+    for label in labels(bench, variants):
+        with FlopCounterMode(display=False) as counter:
+            bench.call(label)
+        flops[label] = counter.get_total_flops() / bench.steps
+    return [{"variant": label, "baseline": baseline(label), "gflop_per_step": value / 1e9,
+             "ratio": value / flops[baseline(label)]} for label, value in flops.items()]
 
 
 HOST_READS = frozenset({"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "nonzero", "numpy",

@@ -199,6 +199,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             rows = bench.memory_variants(runner, args.repeats, args.variants)
         elif args.kind == "syncs":
             rows = bench.sync_variants(runner, args.steps, args.variants)
+        elif args.kind == "flops":
+            rows = bench.flop_variants(runner, args.variants)
         else:
             rows = bench.numerics(runner, variants=args.variants)
     print(markdown_table(rows), end="")
@@ -302,11 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="the plugin's overhead, memory and host reads against native CFG; what saving policies save",
         description="overhead: median ms per step of each variant and native diffusers CFG, interleaved repeats. "
                     "memory: peak working memory of one call (CUDA allocator; on the CPU a fresh process per "
-                    "measurement). syncs: host reads of device tensors per step and per call. saving: rows, time "
-                    "and quality of adaptive, linear_ag and interval against CFG on the digits model. numerics: "
-                    "whether every variant's latents stay finite at w = 7.5 and 100 in --dtype.",
+                    "measurement). syncs: host reads of device tensors per step and per call. flops: GFLOP per "
+                    "step against the baseline (the denoiser work a variant adds, free of timing noise). saving: "
+                    "rows, time and quality of adaptive, linear_ag and interval against CFG on the digits model. "
+                    "numerics: whether every variant's latents stay finite at w = 7.5 and 100 in --dtype.",
         epilog="Example: guidance bench overhead --pipeline sd15-like --steps 10 --repeats 7")
-    bench.add_argument("kind", choices=["overhead", "memory", "syncs", "saving", "numerics"])
+    bench.add_argument("kind", choices=["overhead", "memory", "syncs", "flops", "saving", "numerics"])
     bench.add_argument("--pipeline", choices=["tiny", "sd15-like", "sd15", "wan-like", "wan-like-t512", "flux-like"],
                        default="sd15-like",
                        help="random-weight pipeline: tiny SD, SD-1.5 blocks at width 64 (CPU), SD-1.5 size (GPU), or "
