@@ -5,6 +5,7 @@ the plain pipeline, one conditional pass per step, exact restore, composition an
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import pytest
 import torch
@@ -373,6 +374,20 @@ def test_composes_with_cfg_and_apg(family: str, row_counter) -> None:
     assert stats["denoiser_rows"] == counter.rows == 3 * 2 * B
 
 
+@pytest.mark.parametrize(("family", "spec"), [
+    ("sdxl", {"scale": 4.0, "terms": [{"reference": "pag"}]}),  # PAG on the self-attention, NAG on the cross-attention
+    ("sd3", {"scale": 4.0, "reference": "icg"}),
+    ("flux", {"scale": 1.0, "terms": [{"reference": {"name": "slg", "layers": [0]}, "scale": 2.0}]}),
+    ("wan", {"scale": 3.0, "reference": "tsg", "schedule": "linear", "policy": "adaptive"}),
+])
+def test_composes_with_the_other_axes(family: str, spec: dict) -> None:
+    """NAG next to references, terms, schedules and policies: runs, finite, and changes the result."""
+    pipe = tiny_pipeline(family)
+    alone = output_tensor(guidance.run(pipe, spec, **nag_kwargs(family)))
+    both = output_tensor(guidance.run(pipe, {**spec, "attention": {"name": "nag"}}, **nag_kwargs(family)))
+    assert torch.isfinite(both).all() and not torch.allclose(both, alone, atol=1e-3)
+
+
 def processors(pipe) -> dict:
     return {name: module.__dict__.get("processor") for name, module in pipe.transformer.named_modules()} \
         if getattr(pipe, "unet", None) is None else \
@@ -432,6 +447,7 @@ def test_spec_axis() -> None:
     spec = guidance.load({"scale": 1, "attention": {"name": "nag", "scale": 3, "tau": 2, "alpha": 0.3}})
     assert guidance.load(spec.to_spec()) == spec and spec.attention.alpha == 0.3
     assert guidance.load({"attention": "nag"}).attention == NAG(scale=5.0, tau=2.5, alpha=None)
+    assert guidance.load(Path(__file__).parents[1] / "configs" / "flux-nag.yaml").attention == NAG(alpha=0.25)
     for bad, match in [({"scale": 0.5}, "scale is φ ≥ 1"), ({"tau": 0}, "tau"), ({"alpha": 1.5}, "alpha"),
                        ({"scale": "5"}, "finite number"), ({"beta": 1}, "unknown key")]:
         with pytest.raises(guidance.GuidanceError, match=match):

@@ -12,7 +12,9 @@ with φ = `scale` (1 is off), τ = `tau`, α = `alpha`. Where the official code 
 - the norm is per family (`NAGNorm`): L1 (the paper's) in the SD-XL, SD3 and Wan processors, L2 in the Flux one;
 - SD3's processor adds 1e-7 to ‖Z⁺‖ and to r; Wan's rescales only tokens with r > τ, to ‖Z⁺‖·τ/(‖Z̃‖ + 1e-7), and
   reads 0/0 as r = 10;
-- α defaults per family (SD-XL 0.5, SD3 0.125, Flux and Wan 0.25); τ 2.5 everywhere.
+- α defaults per family (SD-XL 0.5, SD3 0.125, Flux and Wan 0.25); τ 2.5 everywhere; φ has no default there (1,
+  off): 5 is the official README's Flux example.
+Which layers and rows, and how each family forms Z⁻, is the integration's (pipelines/nag.py, the adapters).
 The official code computes in the model's dtype; here the norms and the blend run in float32 and the result is
 cast back (an L1 norm over thousands of fp16 features overflows).
 """
