@@ -138,9 +138,9 @@ class NAGHook:
         appended rows are dropped (their image output is not used), so the projection runs on the call's rows."""
         if self.pending is None:
             return None
-        features = args[0][:self.pending].clone()
-        features[self.rows] = self.guided(features[self.rows], args[0][self.pending:])
-        return (features, *args[1:])
+        features, rows = args[0], self.rows
+        guided = self.guided(features[rows], features[self.pending:])
+        return (torch.cat([features[:rows.start], guided, features[rows.stop:self.pending]]), *args[1:])
 
     def _conditional_in(self, module: nn.Module, args: tuple) -> tuple | None:
         """An image-token projection (to_q; joint: to_k, to_v): computed on the call's rows only, ..."""

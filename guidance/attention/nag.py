@@ -42,21 +42,22 @@ class NAGNorm:
 
 def normalized_attention(positive: torch.Tensor, negative: torch.Tensor, scale: float, tau: float, alpha: float,
                          norm: NAGNorm) -> torch.Tensor:
-    """NAG's guided attention output from Z⁺ and Z⁻ (tokens × features in the last two dims)."""
-    pos, neg = positive.float(), negative.float()
-    guided = pos * scale - neg * (scale - 1.0)
-    norm_pos = torch.norm(pos, p=norm.p, dim=-1, keepdim=True)
-    norm_guided = torch.norm(guided, p=norm.p, dim=-1, keepdim=True)
+    """NAG's guided attention output from Z⁺ and Z⁻ (tokens × features in the last two dims). Written as two lerps
+    and a per-token factor (the official expressions up to float rounding; a few passes over the features)."""
+    pos = positive.float()
+    guided = torch.lerp(negative.float(), pos, scale)  # φ·Z⁺ − (φ − 1)·Z⁻
+    norm_pos = torch.linalg.vector_norm(pos, ord=norm.p, dim=-1, keepdim=True)
+    norm_guided = torch.linalg.vector_norm(guided, ord=norm.p, dim=-1, keepdim=True)
     if norm.masked:
         ratio = torch.nan_to_num(norm_guided / norm_pos, nan=10.0)
-        guided = torch.where(ratio > tau, guided / (norm_guided + 1e-7) * norm_pos * tau, guided)
+        factor = torch.where(ratio > tau, norm_pos * tau / (norm_guided + 1e-7), 1.0)
     elif norm.epsilon:
         ratio = norm_guided / (norm_pos + norm.epsilon)
-        guided = guided * torch.clamp(ratio, max=tau) / (ratio + norm.epsilon)
+        factor = torch.clamp(ratio, max=tau) / (ratio + norm.epsilon)
     else:  # min(r, τ)/r, without its 0/0 where Z̃ = 0 (then Z̃·1 = 0 too)
         ratio = norm_guided / norm_pos
-        guided = guided * torch.where(ratio > tau, tau / ratio, torch.ones_like(ratio))
-    return (guided * alpha + pos * (1.0 - alpha)).to(positive.dtype)
+        factor = torch.where(ratio > tau, tau / ratio, 1.0)
+    return torch.lerp(pos, guided * factor, alpha).to(positive.dtype)
 
 
 class NAG(AttentionGuidance):
