@@ -3,8 +3,9 @@
 
 Per pipeline call (a run) it keeps the step table and the step's scale; per step it locates the step, lets the
 adapter's protocol evaluate only the rows the policy and schedule need, and hands the branches' predictions to
-`guidance.step.guided_step`, the pure combination. CFG++ additionally corrects the scheduler's step. On exit the
-denoiser, its forward, its hooks and the scheduler are exactly as before (docs/CONVENTIONS.md §11, §19).
+`guidance.step.guided_step`, the pure combination. CFG++ additionally corrects the scheduler's step; NAG guides the
+conditional rows' attention inside their denoiser call (pipelines/nag.py). On exit the denoiser, its forward, its
+hooks and the scheduler are exactly as before (docs/CONVENTIONS.md §11, §19).
 """
 
 from __future__ import annotations
@@ -248,10 +249,10 @@ class Session:
         if run is None or (run.step is not None and run.step >= len(run.table)):
             return self.evaluate(call)
         self.adapter.check_call(call)
-        if self._nag is not None:
-            self._negative = self.adapter.nag_negative(call, self.nag_negative)
         if run.step is None:
             self._locate(call)
+        if self._nag is not None:
+            self._negative = self.adapter.nag_negative(call, self.nag_negative)
         run.calls += 1
         if run.calls > self.adapter.calls_per_step:
             raise GuidanceError(

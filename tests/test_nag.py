@@ -335,6 +335,24 @@ def test_negative_equal_to_the_prompt_changes_nothing(family: str) -> None:
     assert not torch.allclose(output_tensor(guidance.run(pipe, spec, **nag_kwargs(family))), plain, atol=1e-3)
 
 
+def test_flux_dev_distilled_guidance_input() -> None:
+    """FLUX.1 [dev]'s transformer embeds the distilled guidance scale: the negative stream gets the conditional rows'
+    (the official pipeline expands it to every row). With the negative prompt equal to the prompt the run equals the
+    one without NAG; a different one changes it."""
+    pipe = tiny_pipeline("flux")
+    transformer = type(pipe.transformer).from_config({**pipe.transformer.config, "guidance_embeds": True}).eval()
+    pipe = type(pipe)(**{**pipe.components, "transformer": transformer})
+    pipe.set_progress_bar_config(disable=True)
+    spec = {"scale": 1.0, "attention": {"name": "nag", "scale": SCALE}}
+    plain = output_tensor(guidance.run(pipe, {"scale": 1.0}, guidance_scale=3.5, **nag_kwargs("flux")))
+    same = {**nag_kwargs("flux"), "guidance_scale": 3.5}
+    same["negative_prompt_embeds"] = same["prompt_embeds"]
+    same["negative_pooled_prompt_embeds"] = same["pooled_prompt_embeds"]
+    torch.testing.assert_close(output_tensor(guidance.run(pipe, spec, **same)), plain, atol=1e-5, rtol=1e-5)
+    other = output_tensor(guidance.run(pipe, spec, guidance_scale=3.5, **nag_kwargs("flux")))
+    assert torch.isfinite(other).all() and not torch.allclose(other, plain, atol=1e-3)
+
+
 @pytest.mark.parametrize(("family", "uses_negative_pooled"), [("flux", True), ("sd3", False)])
 def test_pooled_text_of_the_negative_stream(family: str, uses_negative_pooled: bool) -> None:
     """The negative text stream's time-text embedding: Flux's official pipeline feeds it the negative prompt's pooled
