@@ -308,7 +308,7 @@ def test_sd3_transformer_equals_the_official_negative_stream(family: str) -> Non
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
-FAMILIES = ["flux", "flux_kontext", "sd3", "sd35", "wan", "sdxl", "sd"]
+FAMILIES = ["flux", "flux_kontext", "sd3", "sd35", "wan", "wan22", "wan22_5b", "sdxl", "sd"]
 
 
 def nag_kwargs(family: str, steps: int = 3) -> dict:
