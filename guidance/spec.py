@@ -1,4 +1,5 @@
-"""The `guidance:` spec: one choice per axis (reference × rule × schedule × policy), a scale and a rescale.
+"""The `guidance:` spec: one choice per axis (reference × rule × schedule × policy), a scale and a rescale, and
+optionally attention guidance inside the conditional pass (`attention`: NAG).
 
 `load` turns a mapping, a YAML run-config path or a `Guidance` into a validated `Guidance`; every problem
 becomes one `GuidanceError` paragraph naming the field, the bad value and what is allowed.
@@ -13,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .attention import ATTENTIONS, AttentionGuidance
 from .errors import GuidanceError, shorten
 from .plan import StepTable
 from .policies import POLICIES, Policy
@@ -26,7 +28,7 @@ from .schedules import SCHEDULES, Schedule
 from .schedules.base import AbsoluteSchedule
 from .yaml_file import read_yaml
 
-AXES = {"rule": RULES, "reference": REFERENCES, "schedule": SCHEDULES, "policy": POLICIES}
+AXES = {"rule": RULES, "reference": REFERENCES, "schedule": SCHEDULES, "policy": POLICIES, "attention": ATTENTIONS}
 
 
 def build_axis(axis: str, value: Any) -> Any:
@@ -102,6 +104,7 @@ class Guidance(BaseModel):
     policy: Policy = Field(default_factory=Always)
     rescale: float = Field(0.0, ge=0.0, le=1.0, strict=True, description="guidance rescale φ (Lin et al.)")
     terms: list[Term] = Field(default_factory=list, description="extra terms rule_k(c, r_k, 1 + s_k) − c (§20)")
+    attention: AttentionGuidance | None = Field(None, description="guidance inside the conditional pass (§35)")
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -112,6 +115,8 @@ class Guidance(BaseModel):
 
     _build = field_validator("rule", "reference", "schedule", "policy", mode="before")(classmethod(
         lambda cls, value, info: build_axis(info.field_name, value)))
+    _build_attention = field_validator("attention", mode="before")(classmethod(
+        lambda cls, value: None if value is None else build_axis("attention", value)))
 
     @field_validator("scale", mode="before")
     @classmethod
@@ -155,11 +160,16 @@ class Guidance(BaseModel):
         """A plain mapping that `load` turns back into an equal Guidance."""
         spec = {"scale": self.scale, "rule": self.rule.to_spec(), "reference": self.reference.to_spec(),
                 "schedule": self.schedule.to_spec(), "policy": self.policy.to_spec(), "rescale": self.rescale}
-        return {**spec, "terms": [term.to_spec() for term in self.terms]} if self.terms else spec
+        if self.terms:
+            spec["terms"] = [term.to_spec() for term in self.terms]
+        if self.attention is not None:
+            spec["attention"] = self.attention.to_spec()
+        return spec
 
     def __str__(self) -> str:
         return (f"{self.rule} × {self.reference} × {self.schedule} × {self.policy}, scale={self.scale}"
-                + (f", rescale={self.rescale}" if self.rescale else "") + "".join(f" {t}" for t in self.terms))
+                + (f", rescale={self.rescale}" if self.rescale else "") + "".join(f" {t}" for t in self.terms)
+                + (f" + attention {self.attention}" if self.attention is not None else ""))
 
 
 def _guidance_section(path: Path) -> Mapping[str, Any]:

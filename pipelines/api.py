@@ -56,6 +56,11 @@ def run(pipe: Any, spec: Any, *, stats: dict[str, Any] | None = None, **kwargs: 
     reference = session.guidance.reference
     kwargs = session.adapter.run_kwargs(kwargs, needs_pipeline_reference=not reference.from_condition)
     kwargs = _with_callback(pipe, kwargs, session)
+    attention = session.guidance.attention
+    if attention is not None and attention.active:  # NAG: the call's negative prompt, encoded once
+        kwargs = session.adapter.nag_run_kwargs(kwargs)
+        with torch.no_grad():
+            session.nag_negative = session.adapter.nag_encode(kwargs)
     with session:
         try:
             out = pipe(**kwargs)

@@ -165,10 +165,19 @@ class DenoiserCall:
 @dataclass
 class Group:
     """Rows of a step's evaluation with one purpose: `reference` (if any) prepares their conditions (icg) and its
-    perturbation degrades the network for them (pag, slg, tsg, …); None: evaluated as given."""
+    perturbation degrades the network for them (pag, slg, tsg, …); None: evaluated as given. `conditional`: the
+    group's conditional rows, where it also holds others (the pipeline's own [uncond; cond] batch); None: all of a
+    group without reference."""
 
     call: DenoiserCall
     reference: Reference | None = None
+    conditional: slice | None = None
+
+    def conditional_rows(self) -> slice | None:
+        """The group's conditional rows (attention guidance acts on them), or None."""
+        if self.reference is not None:
+            return None
+        return self.conditional or slice(0, self.call.batch)
 
 
 class RowView:

@@ -3,8 +3,9 @@
 
 Per pipeline call (a run) it keeps the step table and the step's scale; per step it locates the step, lets the
 adapter's protocol evaluate only the rows the policy and schedule need, and hands the branches' predictions to
-`guidance.step.guided_step`, the pure combination. CFG++ additionally corrects the scheduler's step. On exit the
-denoiser, its forward, its hooks and the scheduler are exactly as before (docs/CONVENTIONS.md §11, §19).
+`guidance.step.guided_step`, the pure combination. CFG++ additionally corrects the scheduler's step; NAG guides the
+conditional rows' attention inside their denoiser call (pipelines/nag.py). On exit the denoiser, its forward, its
+hooks and the scheduler are exactly as before (docs/CONVENTIONS.md §11, §19).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .bundled import bundled_classifier
 from .caches import caches_on, check_run, check_spec
 from .call import DenoiserCall, Group, RowView, first_output, with_first_output
 from .correcting import Corrector, check_predictor
+from .nag import NAGHook
 from .perturbations import Perturbation, RowDispatch, RowScope, perturbation_for
 from .stepping import step_table
 
@@ -130,6 +132,14 @@ class Session:
         self._active = self._routes[0]  # the route of the denoiser call being served
         self._caches = sorted({cache for d in self.adapter.denoisers for cache in caches_on(d)})
         check_spec(self._caches, self.guidance)
+        attention = self.guidance.attention
+        self._nag: NAGHook | None = None  # NAG in the conditional rows' attention (docs/CONVENTIONS.md §35)
+        if attention is not None and attention.active:
+            self.adapter.check_nag(self.guidance)
+            self._nag = NAGHook(attention, self.adapter)
+        # NAG's negative prompt embeddings where the family's calls do not carry them (set by guidance.run)
+        self.nag_negative: dict[str, torch.Tensor] | None = None
+        self._negative: dict[str, torch.Tensor] | None = None  # NAG's negative for the current pipeline call
 
     def _classifier(self, reference: Reference) -> Any:
         """The classifier of a reference that reads the conditional estimate (gfcg): a callable as given, a bundled
@@ -177,12 +187,16 @@ class Session:
             dispatches: dict[tuple[int, str], RowDispatch] = {}
             for perturbation in self._perturbations.values():
                 perturbation.install(dispatches)
+            if self._nag is not None:
+                self._nag.install()
         except BaseException:
             self.__exit__(None, None, None)
             raise
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if self._nag is not None:
+            self._nag.remove()
         for perturbation in reversed(list(self._perturbations.values())):
             perturbation.remove()
         for obj, name, had, old in reversed(self._patches):
@@ -291,6 +305,8 @@ class Session:
         self.adapter.check_call(call)
         if run.step is None:
             self._locate(call)
+        if self._nag is not None:
+            self._negative = self.adapter.nag_negative(call, self.nag_negative)
         run.calls += 1
         if run.calls > self.adapter.calls_per_step:
             raise GuidanceError(
@@ -412,8 +428,11 @@ class Session:
             start += group.call.batch
         run = self.current_run
         t = run.table.timesteps[run.step] / run.table.num_train_timesteps
-        active = []
+        active, conditional = [], None
         for group, rows in zip(own, bounds, strict=True):
+            part = group.conditional_rows()
+            if part is not None:
+                conditional = slice(rows.start + part.start, rows.start + part.stop)
             if group.reference is not None:
                 group.reference.prepare(RowView(joined, rows, self.adapter, self.pipe))
                 perturbation = self._perturbations.get(id(group.reference))
@@ -426,7 +445,10 @@ class Session:
         self._calls += 1
         try:
             with self._scope.within(0, joined.batch):
-                out = joined.run(self._active.original)
+                if self._nag is not None and conditional is not None:
+                    out = self._nag.run(joined, conditional, self._negative, self._active.original)
+                else:
+                    out = joined.run(self._active.original)
         finally:
             for perturbation in active:
                 perturbation.rows = None

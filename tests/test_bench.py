@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from guidance.app import bench
 from guidance.app.cli import main
@@ -58,3 +59,16 @@ def test_video_bench_runs_the_wan_structured_pipeline_on_5d_latents(monkeypatch)
     assert native.ndim == 5 and native.shape[2] == 5 and native.shape[-1] == 16  # (B, C, 1 + 16/4 frames, 128/8, …)
     assert (native - guided).abs().max() <= 1e-5
     assert "pag term" not in bench.labels(runner)
+
+
+def test_flops_count_the_work_a_variant_adds():
+    """cfg evaluates native CFG's rows: the same work; no CFG is half of it (SD's doubled batch); NAG without CFG adds
+    its extra cross-attention to the conditional pass, and less than a second pass; the CPU attention kernel counts."""
+    rows = {r["variant"]: r for r in bench.flop_variants(bench.Bench("tiny", 2), ["cfg", "nag (no CFG)"])}
+    assert rows["cfg"]["ratio"] == 1.0
+    assert rows[bench.NATIVE_COND]["ratio"] == pytest.approx(0.5, abs=0.02)
+    assert 1.0 < rows["nag (no CFG)"]["ratio"] < 1.5 and rows["nag (no CFG)"]["baseline"] == bench.NATIVE_COND
+    attention = torch.randn(1, 2, 8, 4)
+    with bench.FlopCounterMode(display=False) as counter:
+        torch.nn.functional.scaled_dot_product_attention(attention, attention, attention)
+    assert counter.get_total_flops() == 4 * 2 * 8 * 8 * 4

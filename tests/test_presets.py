@@ -22,14 +22,16 @@ FAMILIES = {"stabilityai/stable-diffusion-xl-base-1.0": "sdxl", "stabilityai/sta
             "stabilityai/stable-diffusion-3-medium-diffusers": "sd3", "stabilityai/stable-diffusion-3.5-medium": "sd35",
             "Qwen/Qwen-Image": "qwenimage", "Lightricks/LTX-Video": "ltx",
             "hunyuanvideo-community/HunyuanVideo": "hunyuanvideo",
-            "black-forest-labs/FLUX.1-Kontext-dev": "flux_kontext", "Wan-AI/Wan2.2-T2V-A14B-Diffusers": "wan22"}
+            "black-forest-labs/FLUX.1-Kontext-dev": "flux_kontext", "Wan-AI/Wan2.2-T2V-A14B-Diffusers": "wan22",
+            "black-forest-labs/FLUX.1-schnell": "flux", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": "wan"}
 
 
 def test_presets_cover_the_methods_and_families() -> None:
     names = {p.stem for p in PRESETS}
     assert {"sdxl-apg", "sd21-apg", "dit-apg", "sd15-cfgpp", "sdxl-ag", "sdxl-apg-linear-schedule-ag", "dit-icg-tsg",
             "digits-cfg", "sdxl-pag", "sd35-slg", "sdxl-apg-pag", "digits-autoguidance", "qwen-image", "flux-kontext",
-            "ltx-video", "hunyuanvideo", "sdxl-fdg", "sd3-tcfg", "sd15-pcg", "digits-pcg", "digits-gfcg"} <= names
+            "ltx-video", "hunyuanvideo", "sdxl-fdg", "sd3-tcfg", "sd15-pcg", "digits-pcg", "digits-gfcg", "flux-nag",
+            "wan-nag"} <= names
 
 
 def on_tiny_blocks(spec: guidance.Guidance, pipe) -> dict:

@@ -5,6 +5,8 @@ Overhead (`overhead`): native CFG and every guided variant run on the same pipel
 Peak memory (`memory`): on CUDA the allocator's peak during one call after a warm-up call; on the CPU each variant
 runs in a fresh process whose glibc malloc returns every large block to the system, so the resident-memory
 high-water mark above the loaded pipeline is the peak of live tensors.
+Work (`flops`): floating-point operations of one call per step (torch's FlopCounterMode: matrix products and
+attention), the variant's against its baseline's — the denoiser work a variant adds, free of timing noise.
 Host reads (`syncs`): values the host reads from tensors per denoising step (a host–device synchronisation when the
 tensor is on an accelerator), native against the plugin: the slope between runs of N and 2N steps.
 Saving (`saving`): denoiser rows, wall time and quality of the saving policies against CFG on the digits model.
@@ -32,14 +34,16 @@ from typing import Any
 import torch
 from diffusers import StableDiffusionPAGPipeline
 from torch.overrides import TorchFunctionMode
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 
 from ..pipelines.api import attach, run
 from ..pipelines.bundled import BUNDLED
-from ..pipelines.testing.tiny import sd15_like, tiny_call_kwargs, tiny_pipeline, wan_like
+from ..pipelines.testing.tiny import flux_like, sd15_like, tiny_call_kwargs, tiny_pipeline, wan_like
 
 SCALE = 7.5
 NATIVE = "native diffusers CFG"
 NATIVE_PAG = "native diffusers PAG"  # StableDiffusionPAGPipeline on the same components: the PAG term's baseline
+NATIVE_COND = "native diffusers, no CFG"  # the pipeline at guidance_scale 1 (one conditional pass): NAG's baseline
 PAG_SCALE, PAG_LAYERS = 3.0, ["mid"]
 QUIET = "cfg (telemetry off)"
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -53,8 +57,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "linear schedule": {"schedule": "linear"},
     "adaptive": {"policy": "adaptive"},
     "pag term": {"terms": [{"reference": {"name": "pag", "layers": PAG_LAYERS}, "scale": PAG_SCALE}]},
+    "nag (no CFG)": {"scale": 1.0, "attention": {"name": "nag"}},
+    "nag + cfg": {"attention": {"name": "nag"}},
 }
-BASELINES = {"pag term": NATIVE_PAG}  # a variant's native counterpart (default: native CFG)
+# a variant's native counterpart (default: native CFG)
+BASELINES = {"pag term": NATIVE_PAG, "nag (no CFG)": NATIVE_COND}
+NATIVES = (NATIVE, NATIVE_PAG, NATIVE_COND)
 
 
 def baseline(label: str) -> str:
@@ -66,12 +74,15 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 @dataclass(frozen=True)
 class BenchPipeline:
     """A random-weight benchmark pipeline: its builder on a device, its tiny family (call arguments), the image side
-    in pixels (None: the family's tiny size), for video the frame count, and the variants it has not."""
+    in pixels (None: the family's tiny size), for video the frame count, the text tokens of its prompt embeddings
+    (None: the family's tiny call's), the call argument that switches its CFG on, and the variants it has not."""
 
     build: Callable[[str], Any]
     family: str = "sd"
     side: int | None = None
     frames: int | None = None
+    text_tokens: int | None = None
+    cfg_argument: str = "guidance_scale"
     without: tuple[str, ...] = ()
 
 
@@ -81,6 +92,14 @@ PIPELINES: dict[str, BenchPipeline] = {
     "sd15": BenchPipeline(lambda device: sd15_like(320, 768, device=device), side=128),
     "wan-like": BenchPipeline(lambda device: wan_like(1024, 2, device=device), family="wan", side=256, frames=17,
                               without=("pag term",)),  # its baseline is diffusers' SD PAG pipeline
+    # the same with Wan's 512 text tokens (max_sequence_length), the text length NAG's extra cross-attention sees
+    "wan-like-t512": BenchPipeline(lambda device: wan_like(1024, 2, device=device), family="wan", side=256, frames=17,
+                                   text_tokens=512, without=("pag term",)),
+    # Flux.1's structure at width 768 (2 double, 4 single blocks), 1 024 image and 512 text tokens; true CFG switch;
+    # only the NAG variants (the others' host overhead is measured on the pipelines above)
+    "flux-like": BenchPipeline(lambda device: flux_like(768, 2, 4, device=device), family="flux", side=128,
+                               text_tokens=512, cfg_argument="true_cfg_scale",
+                               without=tuple(v for v in VARIANTS if not v.startswith("nag"))),
 }
 
 
@@ -122,18 +141,26 @@ class Bench:
 
     def call_kwargs(self, steps: int) -> dict[str, Any]:
         kwargs = tiny_call_kwargs(self.spec.family, batch=1, seed=0, num_inference_steps=steps)
-        kwargs.pop("guidance_scale")
+        kwargs.pop(self.spec.cfg_argument)
         sizes = {"height": self.spec.side, "width": self.spec.side, "num_frames": self.spec.frames}
+        if self.spec.text_tokens is not None:
+            rng = torch.Generator().manual_seed(0)
+            for key in ("prompt_embeds", "negative_prompt_embeds"):
+                kwargs[key] = torch.randn(1, self.spec.text_tokens, kwargs[key].shape[-1], generator=rng)
         return kwargs | {"output_type": "latent"} | {k: v for k, v in sizes.items() if v is not None}
+
+    def native(self, label: str, kwargs: dict[str, Any], scale: float = SCALE) -> Any:
+        """A native baseline's output: the pipeline's own CFG, diffusers' PAG pipeline, or no CFG at all."""
+        if label == NATIVE_PAG:
+            return output_of(self.pag_pipe(**kwargs, guidance_scale=scale, pag_scale=PAG_SCALE))
+        return output_of(self.pipe(**kwargs, **{self.spec.cfg_argument: 1.0 if label == NATIVE_COND else scale}))
 
     def call(self, label: str, steps: int | None = None) -> Any:
         kwargs = self.kwargs if steps is None else self.kwargs | {"num_inference_steps": steps}
         kwargs = kwargs | {"generator": torch.Generator().manual_seed(0)}
         with torch.no_grad():
-            if label == NATIVE:
-                return output_of(self.pipe(**kwargs, guidance_scale=SCALE))
-            if label == NATIVE_PAG:
-                return output_of(self.pag_pipe(**kwargs, guidance_scale=SCALE, pag_scale=PAG_SCALE))
+            if label in NATIVES:
+                return self.native(label, kwargs)
             spec = {"scale": SCALE, **VARIANTS[label]}
             if label != QUIET:
                 return output_of(run(self.pipe, spec, **kwargs))
@@ -178,7 +205,8 @@ def labels(bench: Bench, variants: list[str] | None = None) -> list[str]:
 
 def time_variants(bench: Bench, repeats: int = 7, variants: list[str] | None = None) -> list[dict[str, Any]]:
     """Median ms per step of native CFG and each variant over interleaved repeats, its ratio to its native baseline
-    (native CFG; diffusers' PAG pipeline for the PAG term) and the spread (max − min)/median. With the denoiser timed
+    (native CFG; diffusers' PAG pipeline for the PAG term), the spread (max − min)/median, and the ratio of the
+    fastest repeats (the least disturbed on a shared machine). With the denoiser timed
     (CPU), also the median ms per step spent outside the denoiser and the variant's host-side overhead: its extra
     time outside the denoiser as a share of its baseline's step (the part the plugin adds, free of the denoiser's
     run-to-run noise)."""
@@ -196,7 +224,8 @@ def time_variants(bench: Bench, repeats: int = 7, variants: list[str] | None = N
     for label in names:
         median, base = statistics.median(total[label]), statistics.median(total[baseline(label)])
         row = {"variant": label, "baseline": baseline(label), "ms_per_step": median, "ratio": median / base,
-               "spread": (max(total[label]) - min(total[label])) / median}
+               "spread": (max(total[label]) - min(total[label])) / median,
+               "min_ratio": min(total[label]) / min(total[baseline(label)])}
         if bench.denoiser_seconds > 0:
             row["outside_ms_per_step"] = statistics.median(outside[label])
             row["host_overhead"] = (row["outside_ms_per_step"] - statistics.median(outside[baseline(label)])) / base
@@ -242,6 +271,24 @@ def memory_variants(bench: Bench, repeats: int = 3, variants: list[str] | None =
     return [{"variant": label, "baseline": baseline(label), "peak_mb": statistics.median(values),
              "ratio": statistics.median(values) / statistics.median(peaks[baseline(label)])}
             for label, values in peaks.items()]
+
+
+if torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default not in torch.utils.flop_counter.flop_registry:
+    @register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)
+    def _cpu_attention_flops(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, **kwargs: Any) -> int:
+        """The CPU kernel of scaled_dot_product_attention counts as the GPU ones do (torch counts only those)."""
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def flop_variants(bench: Bench, variants: list[str] | None = None) -> list[dict[str, Any]]:
+    """GFLOP per step of each variant's call and its ratio to its native baseline's."""
+    flops = {}
+    for label in labels(bench, variants):
+        with FlopCounterMode(display=False) as counter:
+            bench.call(label)
+        flops[label] = counter.get_total_flops() / bench.steps
+    return [{"variant": label, "baseline": baseline(label), "gflop_per_step": value / 1e9,
+             "ratio": value / flops[baseline(label)]} for label, value in flops.items()]
 
 
 HOST_READS = frozenset({"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "nonzero", "numpy",
@@ -306,7 +353,7 @@ def sync_variants(bench: Bench, steps: int = 4, variants: list[str] | None = Non
         bench.call(label, steps)  # warm-up
         short, long = sync_sites(bench, label, steps), sync_sites(bench, label, 2 * steps)
         per_step = (len(long) - len(short)) / steps
-        if label in (NATIVE, NATIVE_PAG):
+        if label in NATIVES:
             natives[label] = Counter(long)
         extra = Counter(long) - natives[baseline(label)]
         rows.append({"variant": label, "per_step": per_step, "per_call": len(short) - steps * per_step,
@@ -324,10 +371,8 @@ def numerics(bench: Bench, scales: tuple[float, ...] = (7.5, 100.0), variants: l
             spec = {"scale": scale, **VARIANTS.get(label, {})}
             kwargs = bench.kwargs | {"generator": torch.Generator().manual_seed(0)}
             with torch.no_grad():
-                if label == NATIVE:
-                    latents = output_of(bench.pipe(**kwargs, guidance_scale=scale))
-                elif label == NATIVE_PAG:
-                    latents = output_of(bench.pag_pipe(**kwargs, guidance_scale=scale, pag_scale=PAG_SCALE))
+                if label in NATIVES:
+                    latents = bench.native(label, kwargs, scale)
                 else:
                     latents = output_of(run(bench.pipe, spec, **kwargs))
             rows.append({"variant": label, "scale": spec["scale"], "finite": bool(torch.isfinite(latents).all()),

@@ -63,8 +63,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     from ..registry import describe_fields
     from ..spec import AXES
 
+    headings = {"policy": "policies", "attention": "attention guidance (optional: inside the conditional pass)"}
     for axis, registry in AXES.items():
-        print(f"{axis[:-1] + 'ies' if axis.endswith('y') else axis + 's'}:")
+        print(f"{headings.get(axis, axis + 's')}:")
         for cls in registry.classes():
             print(f"  {cls.name:<16} {cls.summary}")
             print(f"  {'':<16} parameters: {describe_fields(cls)}")
@@ -200,6 +201,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             rows = bench.memory_variants(runner, args.repeats, args.variants)
         elif args.kind == "syncs":
             rows = bench.sync_variants(runner, args.steps, args.variants)
+        elif args.kind == "flops":
+            rows = bench.flop_variants(runner, args.variants)
         else:
             rows = bench.numerics(runner, variants=args.variants)
     print(markdown_table(rows), end="")
@@ -303,14 +306,17 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="the plugin's overhead, memory and host reads against native CFG; what saving policies save",
         description="overhead: median ms per step of each variant and native diffusers CFG, interleaved repeats. "
                     "memory: peak working memory of one call (CUDA allocator; on the CPU a fresh process per "
-                    "measurement). syncs: host reads of device tensors per step and per call. saving: rows, time "
-                    "and quality of adaptive, linear_ag and interval against CFG on the digits model. numerics: "
-                    "whether every variant's latents stay finite at w = 7.5 and 100 in --dtype.",
+                    "measurement). syncs: host reads of device tensors per step and per call. flops: GFLOP per "
+                    "step against the baseline (the denoiser work a variant adds, free of timing noise). saving: "
+                    "rows, time and quality of adaptive, linear_ag and interval against CFG on the digits model. "
+                    "numerics: whether every variant's latents stay finite at w = 7.5 and 100 in --dtype.",
         epilog="Example: guidance bench overhead --pipeline sd15-like --steps 10 --repeats 7")
-    bench.add_argument("kind", choices=["overhead", "memory", "syncs", "saving", "numerics"])
-    bench.add_argument("--pipeline", choices=["tiny", "sd15-like", "sd15", "wan-like"], default="sd15-like",
+    bench.add_argument("kind", choices=["overhead", "memory", "syncs", "flops", "saving", "numerics"])
+    bench.add_argument("--pipeline", choices=["tiny", "sd15-like", "sd15", "wan-like", "wan-like-t512", "flux-like"],
+                       default="sd15-like",
                        help="random-weight pipeline: tiny SD, SD-1.5 blocks at width 64 (CPU), SD-1.5 size (GPU), or "
-                            "a Wan-structured video transformer (5-D latents: 17 frames at 256 px)")
+                            "a Wan-structured video transformer (5-D latents: 17 frames at 256 px; wan-like-t512: "
+                            "with Wan's 512 text tokens), or a Flux-structured transformer (NAG's variants only)")
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     bench.add_argument("--steps", type=int, default=10)

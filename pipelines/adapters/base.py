@@ -14,6 +14,7 @@ import torch
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import nn
 
+from guidance.attention import NAGNorm
 from guidance.errors import GuidanceError
 
 from ..call import DenoiserCall, Path
@@ -57,6 +58,13 @@ class Adapter:
     joint_blocks: ClassVar[bool] = False  # blocks take and return both streams: (encoder_hidden_states, hidden_states)
     hidden_states_first: ClassVar[bool] = False  # joint blocks return (hidden_states, encoder_hidden_states)
     attention_refusal: ClassVar[str] = ""  # why pag, seg and stg's attention mode cannot serve it ("": they can)
+    # NAG (docs/CONVENTIONS.md §35): the family's official norm and α, the condition fields whose appended rows are the
+    # negative prompt's, and those whose appended rows copy the conditional rows (the negative text stream's time-text
+    # embedding)
+    nag_norm: ClassVar[NAGNorm] = NAGNorm()
+    nag_alpha: ClassVar[float] = 0.5
+    nag_text_fields: ClassVar[tuple[Path, ...]] = (("encoder_hidden_states",),)
+    nag_copied_fields: ClassVar[tuple[Path, ...]] = ()
 
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
@@ -193,6 +201,74 @@ class Adapter:
                 return arguments["hidden_states"], arguments["encoder_hidden_states"]
             return arguments["encoder_hidden_states"], arguments["hidden_states"]
         return arguments["hidden_states"]
+
+    # ---------------------------------------------------------------- NAG (docs/CONVENTIONS.md §35)
+
+    def nag_layers(self, denoiser: nn.Module) -> list[tuple[nn.Module, str]]:
+        """The attention modules NAG guides, each with its kind: "cross" (cross-attention to the text), "joint" (text
+        and image streams in one attention), "single" (one joint sequence, text tokens first)."""
+        raise GuidanceError(
+            f"NAG (attention: nag) is not implemented for {type(self.pipe).__name__}: it needs to know where the "
+            "family's text attention is and how the official code forms the negative branch there. It runs on "
+            "FluxPipeline, FluxKontextPipeline, StableDiffusion3Pipeline, WanPipeline (text-to-video) and "
+            "StableDiffusionPipeline/StableDiffusionXLPipeline; elsewhere use the pipeline's negative prompt with "
+            "reference uncond.")
+
+    def nag_single_blocks(self, denoiser: nn.Module) -> list[nn.Module]:
+        """Blocks on one joint sequence, before which the image stream gets the negative rows (Flux's single)."""
+        return []
+
+    def nag_image_norms(self, denoiser: nn.Module) -> list[nn.Module]:
+        """Adaptive norms of the image stream, whose time-text embedding is cut to the image rows (joint families)."""
+        return []
+
+    def check_nag(self, guidance: Guidance) -> None:
+        """Raise when NAG cannot compose with the spec on this family (called when a session is made)."""
+        for denoiser in self.denoisers:
+            self.nag_layers(denoiser)
+
+    def nag_negative(self, call: DenoiserCall, given: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        """The negative prompt's condition fields for the B samples of a pipeline call: `given` (encoded by
+        guidance.run from the call's negative prompt) where the family has no negative rows of its own."""
+        if given is None:
+            raise GuidanceError(
+                f"NAG on {type(self.pipe).__name__} needs the negative prompt's embeddings before the conditional "
+                "denoiser call, which the pipeline does not hand over: use guidance.run with negative_prompt (or "
+                "negative_prompt_embeds), which encodes it once per call with the pipeline's own text encoder(s).")
+        return given
+
+    def nag_encode(self, kwargs: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+        """For guidance.run: the negative prompt of the call `kwargs`, encoded by the pipeline's own encoder(s), where
+        the family's denoiser calls do not carry it (None: they do)."""
+        return None
+
+    def nag_run_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """For guidance.run: the call arguments with a negative prompt (the official code's default is "")."""
+        if any(kwargs.get(key) is not None for key in ("negative_prompt", "negative_prompt_embeds")):
+            return kwargs
+        return {**kwargs, "negative_prompt": ""}
+
+    def nag_call(self, call: DenoiserCall, rows: slice, negative: dict[str, torch.Tensor]) -> DenoiserCall:
+        """`call` with one negative row per conditional row (`rows`) appended to its text condition
+        (`nag_text_fields`: the negative prompt's; `nag_copied_fields`: the conditional rows' own)."""
+        count = rows.stop - rows.start
+        extended = call.with_arguments(dict(call.arguments))
+        for path in self.nag_text_fields:
+            value, key = call.get(path), "/".join(path)
+            appended = negative[key].to(value.device, value.dtype)
+            if appended.shape[0] == 1:
+                appended = appended.expand(count, *appended.shape[1:])
+            if appended.shape != (count, *value.shape[1:]):
+                raise GuidanceError(
+                    f"NAG's negative prompt embeddings ({key}) have shape {tuple(appended.shape)} where the prompt's "
+                    f"conditional rows have {(count, *value.shape[1:])}: encode the negative prompt like the prompt "
+                    "(same max_sequence_length, one per image or one for all).")
+            extended.set(path, torch.cat([value, appended]))
+        for path in self.nag_copied_fields:
+            value = call.get(path)
+            if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == call.batch:
+                extended.set(path, torch.cat([value, value[rows]]))
+        return extended
 
     # ---------------------------------------------------------------- outputs
 

@@ -48,6 +48,11 @@ class DoubledBatchAdapter(Adapter):
     def reference_rows(self, batch: int) -> slice:
         return slice(batch, 2 * batch) if self.cond_first else slice(0, batch)
 
+    def nag_negative(self, call: DenoiserCall, given: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        """The negative prompt's text fields: the pipeline's own unconditional rows of this call."""
+        rows = self.reference_rows(call.batch // 2)
+        return {"/".join(path): call.get(path)[rows] for path in self.nag_text_fields}
+
     def guide_call(self, session: Session, call: DenoiserCall) -> Any:
         batch = session.current_run.batch_size
         cond_rows, reference_rows = self.cond_rows(batch), self.reference_rows(batch)
@@ -59,7 +64,7 @@ class DoubledBatchAdapter(Adapter):
         reference = session.guidance.reference
         own_batch = w is not None and len(samples) == batch and not reference.from_condition
         if own_batch:  # the pipeline's own [uncond; cond] rows, in its order
-            groups = [Group(call)]
+            groups = [Group(call, conditional=cond_rows)]
         else:
             groups = [Group(call.take(cond_rows))]
             if samples:

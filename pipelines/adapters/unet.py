@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from diffusers.models.attention_processor import Attention
 from diffusers.models.unets.unet_2d import UNet2DOutput
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from torch import nn
@@ -49,6 +50,13 @@ class UNetAdapter(DoubledBatchAdapter):
 
     def time_embedders(self) -> list[nn.Module]:
         return [self.denoiser.time_embedding]
+
+    def nag_layers(self, denoiser: nn.Module) -> list[tuple[nn.Module, str]]:
+        """Every cross-attention (`attn2`) of a text UNet, as the official SD-XL pipeline sets its processors."""
+        if self.condition_kind != "text" or self.denoiser.config.get("encoder_hid_dim_type") == "image_proj":
+            return super().nag_layers(denoiser)
+        return [(module, "cross") for module in denoiser.modules()
+                if isinstance(module, Attention) and module.is_cross_attention]
 
     @property
     def output_class(self) -> type:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from guidance.attention import NAGNorm
 from guidance.errors import GuidanceError
 
 from .separate import SeparateCallsAdapter
@@ -36,6 +37,31 @@ class WanAdapter(SeparateCallsAdapter):
     expert_attrs = ("transformer_2",)
     block_lists = ("blocks",)
     skip_layers = (2,)  # STG's Wan 2.1 block (junhahyung/STGuidance, skip_guidance_block_idxs)
+
+    # NAG: the official Wan processor's L1 norm, its masked clipping and α; only the text attention (attn2) changes
+    nag_norm = NAGNorm(p=1, masked=True)
+    nag_alpha = 0.25
+
+    def nag_layers(self, denoiser: nn.Module) -> list[tuple[nn.Module, str]]:
+        if denoiser.config.get("image_dim") is not None:
+            raise GuidanceError(
+                f"NAG on {type(self.pipe).__name__}: this Wan transformer's cross-attention also attends to image-"
+                "encoder states, which the official code adds after guiding the text part; not implemented here. Use "
+                "WanPipeline (text-to-video), or the pipeline's negative prompt with reference uncond.")
+        return [(block.attn2, "cross") for block in denoiser.blocks]
+
+    def nag_encode(self, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The call's negative embeddings, or its negative prompt ("" if none) through the pipeline's encode_prompt."""
+        embeds = kwargs.get("negative_prompt_embeds")
+        if embeds is None:
+            if getattr(self.pipe, "text_encoder", None) is None:
+                raise GuidanceError(f"NAG on {type(self.pipe).__name__} without a text encoder needs the negative "
+                                    "prompt as negative_prompt_embeds.")
+            embeds, _ = self.pipe.encode_prompt(
+                prompt=kwargs.get("negative_prompt") or "", do_classifier_free_guidance=False,
+                num_videos_per_prompt=kwargs.get("num_videos_per_prompt", 1),
+                max_sequence_length=kwargs.get("max_sequence_length", 512), device=self.pipe._execution_device)
+        return {"encoder_hidden_states": embeds}
 
     def boundary(self) -> float | None:
         ratio = self.pipe.config.get("boundary_ratio")

@@ -176,16 +176,17 @@ def tiny_sd3(seed: int = 0, **transformer: Any) -> StableDiffusion3Pipeline:
     return finish(pipe)
 
 
-def tiny_flux(seed: int = 0) -> FluxPipeline:
-    """Tiny Flux pipeline (no guidance embedding, dynamic shifting) without text encoders."""
+def tiny_flux(seed: int = 0, heads: int = 2, double: int = 1, single: int = 1) -> FluxPipeline:
+    """Tiny Flux pipeline (no guidance embedding, dynamic shifting) without text encoders; `heads` of 16 channels,
+    `double` and `single` blocks."""
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
         patch_size=1,
         in_channels=16,  # 4 latent channels packed in 2 x 2 patches
-        num_layers=1,
-        num_single_layers=1,
+        num_layers=double,
+        num_single_layers=single,
         attention_head_dim=16,
-        num_attention_heads=2,
+        num_attention_heads=heads,
         joint_attention_dim=TEXT_DIM,
         pooled_projection_dim=TEXT_DIM,
         guidance_embeds=False,
@@ -284,6 +285,14 @@ def wan_like(width: int = 128, layers: int = 4, seed: int = 0, device: str = "cp
     transformer = wan_transformer(num_attention_heads=8, attention_head_dim=width // 8, ffn_dim=4 * width,
                                   num_layers=layers, rope_max_seq_len=1024)
     return finish(WanPipeline(**{**pipe.components, "transformer": transformer.eval()})).to(device)
+
+
+def flux_like(width: int = 768, double: int = 2, single: int = 4, seed: int = 0, device: str = "cpu"
+              ) -> FluxPipeline:
+    """A random-weight Flux pipeline for benchmarks: Flux.1's transformer structure (double-stream blocks, then
+    single-stream blocks on the joint sequence, rotary positions, adaLN) at `width` = heads × 16, Flux.1's 1 : 2
+    ratio of double to single blocks, over tiny_flux's VAE (latents at half the image size, packed 2 × 2)."""
+    return tiny_flux(seed, heads=width // 16, double=double, single=single).to(device)
 
 
 def tiny_wan(seed: int = 0) -> WanPipeline:
