@@ -64,7 +64,8 @@ def check_guider(guidance: Guidance) -> None:
     """Raise for a spec whose strategies a guider cannot serve (their `guider_refusal`)."""
     references = [guidance.reference, *(term.reference for term in guidance.terms)]
     strategies = [guidance.rule, guidance.schedule, guidance.policy, *(term.rule for term in guidance.terms),
-                  *(m for r in references for m in getattr(r, "of", [r]))]
+                  *(m for r in references for m in getattr(r, "of", [r])),
+                  *([guidance.attention] if guidance.attention is not None else [])]
     for strategy in strategies:
         if strategy.guider_refusal:
             raise GuidanceError(

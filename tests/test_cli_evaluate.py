@@ -7,6 +7,7 @@ import csv
 import pytest
 
 from guidance.app.cli import main
+from guidance.spec import AXES
 
 SETTINGS = """\
 samples: 20
@@ -89,8 +90,7 @@ def test_list_shows_every_strategy_with_parameters_and_paper(capsys) -> None:
             assert f"  {cls.name} " in printed
     assert "norm_threshold (float or null, default 15.0)" in printed and "arXiv 2410.02416" in printed
     marks = [line.split(": ", 1)[1] for line in printed.splitlines() if "modular guider (guidance.as_guider)" in line]
-    assert len(marks) == sum(len(r.classes()) for r in (guidance.RULES, guidance.REFERENCES, guidance.SCHEDULES,
-                                                        guidance.POLICIES))
-    refused = {cls.name for r in (guidance.RULES, guidance.REFERENCES) for cls in r.classes() if cls.guider_refusal}
-    assert refused == {"pcg", "gfcg"}
-    assert marks.count("yes") == len(marks) - 2
+    assert len(marks) == sum(len(r.classes()) for r in AXES.values())
+    refused = {cls.name for r in AXES.values() for cls in r.classes() if cls.guider_refusal}
+    assert refused == {"pcg", "gfcg", "nag"}
+    assert marks.count("yes") == len(marks) - 3

@@ -329,3 +329,8 @@ def test_cfgpp_on_ddim_equals_run() -> None:
     pipes = ("sdxl", standard, modular_pipeline("sdxl", standard))
     got, expected = run_both(pipes, {"rule": "cfgpp", "scale": 0.6})
     assert (got - expected).abs().max() <= 1e-5
+
+
+def test_nag_is_refused_as_a_guider():
+    with pytest.raises(GuidanceError, match="nag"):
+        guidance.as_guider({"scale": 3.0, "attention": {"name": "nag", "scale": 3.0}})

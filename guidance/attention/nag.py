@@ -64,6 +64,8 @@ class NAG(AttentionGuidance):
     """Normalized attention guidance in the text (cross- or joint-) attention of the conditional rows."""
 
     name = "nag"
+    guider_refusal = ("it guides the attention of the conditional batch against the negative prompt's text, which "
+                      "a guider's batches do not carry into the denoiser")
     paper = "Chen et al. 2025 (arXiv 2505.21179)"
     summary = ("negative prompt in attention: φ·Z⁺ − (φ−1)·Z⁻, norm ratio to Z⁺ clipped at tau, blended with Z⁺ by "
                "alpha; the pipeline's negative_prompt is Z⁻'s text")
