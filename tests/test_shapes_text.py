@@ -36,9 +36,10 @@ def test_every_word_is_one_token_and_captions_round_trip() -> None:
 
 
 def test_text_to_image_script_saves_a_stock_pipeline(tmp_path) -> None:
-    record = train_text_to_image(tmp_path, steps=2, vae_steps=2, scenes=8, batch=4, log_every=0)
+    record = train_text_to_image(tmp_path, steps=2, vae_steps=2, scenes=8, batch=4, check_scenes=20, log_every=0)
     assert json.loads((tmp_path / "training.json").read_text()) == record
     assert {"steps", "vae_steps", "scenes", "seed", "caption_dropout", "wall_time_s", "device"} <= set(record)
+    assert 0 <= record["judge_on_vae_reconstructions"]["all"] <= 1
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path, use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
     assert pipe.text_encoder.config.eos_token_id == pipe.tokenizer.eos_token_id

@@ -27,7 +27,7 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionMod
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from ..pipelines.bundled import JUDGES
+from ..pipelines.bundled import JUDGES, bundled_judge
 from ..pipelines.shape_judge import ATTRIBUTES, ShapeJudge
 from ..pipelines.shapes import SIZE, generate, one_object_targets
 from ..pipelines.shapes_text import MAX_TOKENS, word_tokenizer
@@ -147,9 +147,10 @@ def train_vae(images: torch.Tensor, steps: int, batch: int, lr: float, kl_weight
 def train_text_to_image(out: Path, steps: int = 20000, vae_steps: int = 3000, scenes: int = 20000, batch: int = 64,
                         lr: float = 1e-3, vae_lr: float = 1e-3, kl_weight: float = 1e-6, caption_dropout: float = 0.1,
                         prediction_type: str = "v_prediction", ema_decay: float = 0.999, seed: int = 0,
-                        log_every: int = 250) -> dict[str, Any]:
+                        check_scenes: int = 500, log_every: int = 250) -> dict[str, Any]:
     """Train the text-to-image model on `scenes` generated scenes of every kind and save it as a
-    StableDiffusionPipeline (safetensors) with DDIM as its scheduler."""
+    StableDiffusionPipeline (safetensors) with DDIM as its scheduler; record the judge's accuracy on the autoencoder's
+    reconstructions of `check_scenes` held-out one-object scenes (no sample of the model can be judged better)."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     data = generate(scenes, seed=seed)
@@ -157,6 +158,10 @@ def train_text_to_image(out: Path, steps: int = 20000, vae_steps: int = 3000, sc
     start = time.time()
     vae, reconstruction = train_vae(images, vae_steps, batch, vae_lr, kl_weight, generator)
     vae_time = time.time() - start
+    held_out, targets = one_object_scenes(check_scenes, seed=HELD_OUT_SEED)
+    with torch.no_grad():  # the ceiling of any judged adherence: the judge on the autoencoder's reconstructions
+        reconstructed = vae.decode(vae.encode(held_out).latent_dist.mean).sample
+        vae_judge = judge_accuracy(bundled_judge("shapes"), reconstructed, targets)
     tokenizer = word_tokenizer()
     with torch.no_grad():
         posterior = torch.cat([vae.encode(chunk).latent_dist.parameters for chunk in images.split(512)])
@@ -203,6 +208,7 @@ def train_text_to_image(out: Path, steps: int = 20000, vae_steps: int = 3000, sc
               "vae_steps": vae_steps, "batch": batch, "lr": lr, "vae_lr": vae_lr, "kl_weight": kl_weight,
               "caption_dropout": caption_dropout, "prediction_type": prediction_type, "ema_decay": ema_decay,
               "vae_reconstruction_mse": reconstruction, "vae_scaling_factor": vae.config.scaling_factor,
+              "judge_on_vae_reconstructions": vae_judge,
               "final_loss": sum(losses[-200:]) / len(losses[-200:]),
               "parameters": {name: sum(p.numel() for p in m.parameters())
                              for name, m in (("unet", unet), ("text_encoder", text_encoder), ("vae", vae))},
