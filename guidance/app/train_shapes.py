@@ -54,10 +54,11 @@ def judge_accuracy(judge: ShapeJudge, images: torch.Tensor, targets: dict[str, t
 
 
 def train_judge(out: Path, steps: int = 3000, batch: int = 128, scenes_per_round: int = 4096, noise: float = 0.15,
-                held_out: int = 2000, seed: int = 0, lr: float = 2e-3) -> dict[str, Any]:
+                blur: float = 0.5, held_out: int = 2000, seed: int = 0, lr: float = 2e-3) -> dict[str, Any]:
     """Train the judge on freshly generated one-object scenes (a new set every `scenes_per_round` samples), with
-    Gaussian pixel noise of a random σ ∈ [0, noise] and a small colour shift as augmentation (generated images are
-    never clean); report its accuracy on `held_out` scenes it never saw."""
+    Gaussian pixel noise of a random σ ∈ [0, noise], a small colour shift and, for a share `blur` of the images, a
+    3×3 box blur as augmentation (generated images are never clean, and an autoencoder softens edges); report its
+    accuracy on `held_out` scenes it never saw."""
     torch.manual_seed(seed)
     judge = ShapeJudge()
     optimizer = torch.optim.AdamW(judge.parameters(), lr=lr, weight_decay=1e-4)
@@ -71,7 +72,10 @@ def train_judge(out: Path, steps: int = 3000, batch: int = 128, scenes_per_round
         index = torch.randint(0, len(images), (batch,), generator=generator)
         sigma = noise * torch.rand(batch, 1, 1, 1, generator=generator)
         shift = 0.05 * torch.randn(batch, 3, 1, 1, generator=generator)
-        x = images[index] + shift + sigma * torch.randn(images[index].shape, generator=generator)
+        x = images[index]
+        blurred = torch.rand(batch, generator=generator) < blur
+        x[blurred] = F.avg_pool2d(F.pad(x[blurred], (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+        x = x + shift + sigma * torch.randn(x.shape, generator=generator)
         logits = judge(x)
         loss = sum(F.cross_entropy(logits[name], targets[name][index]) for name in ATTRIBUTES)
         optimizer.zero_grad(set_to_none=True)
@@ -85,7 +89,7 @@ def train_judge(out: Path, steps: int = 3000, batch: int = 128, scenes_per_round
     out.mkdir(parents=True, exist_ok=True)
     save_file(judge.state_dict(), out / "model.safetensors")
     record = {"command": " ".join([COMMAND, *sys.argv[1:]]), "seed": seed, "steps": steps, "batch": batch,
-              "scenes_per_round": scenes_per_round, "rounds": rounds, "noise": noise, "lr": lr,
+              "scenes_per_round": scenes_per_round, "rounds": rounds, "noise": noise, "blur": blur, "lr": lr,
               "held_out_scenes": held_out, "held_out_seed": HELD_OUT_SEED, "held_out_accuracy": accuracy,
               "final_loss": sum(losses[-100:]) / len(losses[-100:]),
               "parameters": sum(p.numel() for p in judge.parameters()),
