@@ -1,6 +1,6 @@
 """The models that ship with the library, by name: `model: {path: digits}` in a run config, `model: digits` in an
-evaluation settings file, or `guidance.pipelines.bundled.load_bundled("digits")` from Python; and the classifiers
-gfcg takes by name (`classifier: digits`)."""
+evaluation settings file, or `guidance.pipelines.bundled.load_bundled("digits")` from Python; the classifiers
+gfcg takes by name (`classifier: digits`); and the judge of the captioned scenes (`bundled_judge("shapes")`)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ BUNDLED: dict[str, Path] = {
     "digits-weak": MODELS_FOLDER / "digits-weak",  # autoguidance's guiding model: width 8, 1200 steps
 }
 CLASSIFIERS: dict[str, Path] = {"digits": MODELS_FOLDER / "digit-classifier"}  # the digits models' classes, 0–9
+JUDGES: dict[str, Path] = {"shapes": MODELS_FOLDER / "shapes-judge"}  # a captioned scene's attributes (shapes.py)
 
 
 def bundled_classifier(name: str, device: torch.device | None = None) -> Any:
@@ -28,3 +29,14 @@ def bundled_classifier(name: str, device: torch.device | None = None) -> Any:
     from .digits import load_classifier
 
     return load_classifier(CLASSIFIERS[name]).to(device)
+
+
+def bundled_judge(name: str, device: torch.device | None = None) -> Any:
+    """A bundled judge by name, in eval mode on `device`: a module mapping images to logits per attribute."""
+    if name not in JUDGES:
+        raise GuidanceError(f"Unknown judge {shorten(name)}: the bundled ones are {', '.join(JUDGES)}. Train one with "
+                            "`python -m guidance.app.train_shapes judge --out FOLDER` and load it with "
+                            "guidance.pipelines.shape_judge.load_judge(FOLDER).")
+    from .shape_judge import load_judge
+
+    return load_judge(JUDGES[name]).to(device)

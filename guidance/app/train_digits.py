@@ -49,10 +49,17 @@ def sampling_scheduler(train_scheduler: DDPMScheduler) -> DDIMScheduler:
                                      set_alpha_to_one=False, clip_sample=False)
 
 
-def _target(scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def training_target(scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the network learns to predict: ε, or v = ᾱ_t^½ ε − (1 − ᾱ_t)^½ x0 (Salimans & Ho, ICLR 2022)."""
     if scheduler.config.prediction_type == "epsilon":
         return noise
     return scheduler.get_velocity(x0, noise, t)
+
+
+def cosine_warmup(optimizer: torch.optim.Optimizer, steps: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over `warmup` steps, then cosine decay to 0 at `steps`."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
 
 
 def train(out: Path, steps: int, label_dropout: float, seed: int = 0, batch: int = 64, lr: float = 2e-3,
@@ -65,9 +72,7 @@ def train(out: Path, steps: int, label_dropout: float, seed: int = 0, batch: int
     ema = copy.deepcopy(unet).requires_grad_(False)
     scheduler = noise_scheduler(prediction_type)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
-    warmup = 100
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
+    schedule = cosine_warmup(optimizer, steps, warmup=100)
     generator = torch.Generator().manual_seed(seed)
     start, losses = time.time(), []
     for step in range(steps):
@@ -78,7 +83,7 @@ def train(out: Path, steps: int, label_dropout: float, seed: int = 0, batch: int
         noise = torch.randn(x0.shape, generator=generator)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
         prediction = unet(scheduler.add_noise(x0, noise, t), t, class_labels=y).sample
-        loss = F.mse_loss(prediction, _target(scheduler, x0, noise, t))
+        loss = F.mse_loss(prediction, training_target(scheduler, x0, noise, t))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
