@@ -1,5 +1,5 @@
 """The models that ship with the library, by name: `model: {path: digits}` in a run config, `model: digits` in an
-evaluation settings file, or `guidance.pipelines.bundled.load_bundled("digits")` from Python; the classifiers
+evaluation settings file, or `guidance.pipelines.digits.load_pipeline(BUNDLED["digits"])` from Python; the classifiers
 gfcg takes by name (`classifier: digits`); and the judge of the captioned scenes (`bundled_judge("shapes")`)."""
 
 from __future__ import annotations
