@@ -52,15 +52,7 @@ def run(pipe: Any, spec: Any, *, stats: dict[str, Any] | None = None, **kwargs: 
     `scale` sets the strength. Pass a dict as `stats` to receive the session's statistics and telemetry.
     """
     session = Session(pipe, spec)
-    session.generator = kwargs.get("generator")
-    reference = session.guidance.reference
-    kwargs = session.adapter.run_kwargs(kwargs, needs_pipeline_reference=not reference.from_condition)
-    kwargs = _with_callback(pipe, kwargs, session)
-    attention = session.guidance.attention
-    if attention is not None and attention.active:  # NAG: the call's negative prompt, encoded once
-        kwargs = session.adapter.nag_run_kwargs(kwargs)
-        with torch.no_grad():
-            session.nag_negative = session.adapter.nag_encode(kwargs)
+    kwargs = _with_callback(pipe, _prepared(session, kwargs), session)
     with session:
         try:
             out = pipe(**kwargs)
@@ -71,6 +63,20 @@ def run(pipe: Any, spec: Any, *, stats: dict[str, Any] | None = None, **kwargs: 
     if stats is not None:
         stats.update(session.stats)
     return out
+
+
+def _prepared(session: Session, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline call's arguments for a session's run: CFG batching on, the call's generator for PCG's corrector
+    noise, and NAG's negative prompt encoded once."""
+    session.generator = kwargs.get("generator")
+    reference = session.guidance.reference
+    kwargs = session.adapter.run_kwargs(kwargs, needs_pipeline_reference=not reference.from_condition)
+    attention = session.guidance.attention
+    if attention is not None and attention.active:
+        kwargs = session.adapter.nag_run_kwargs(kwargs)
+        with torch.no_grad():
+            session.nag_negative = session.adapter.nag_encode(kwargs)
+    return kwargs
 
 
 class _Recorder(Always):
@@ -105,10 +111,10 @@ def fit_linear_ag(pipe: Any, spec: Any, path: str | Path, *, guided_fraction: fl
                             f"{real_every}).")
     base: Guidance = load(spec)
     recorded = Guidance(scale=base.scale, rule=base.rule, reference=base.reference, schedule=base.schedule,
-                        policy=_Recorder(), rescale=base.rescale)
+                        policy=_Recorder(), rescale=base.rescale, terms=base.terms, attention=base.attention)
     session = Session(pipe, recorded, telemetry=False)
     policy = session.guidance.policy
-    kwargs = session.adapter.run_kwargs(kwargs, needs_pipeline_reference=not base.reference.from_condition)
+    kwargs = _prepared(session, kwargs)
     with session, torch.no_grad():
         pipe(**kwargs)
     steps = policy._steps

@@ -167,3 +167,15 @@ def test_linear_ag_keeps_its_own_copy_of_the_previous_step(tmp_path) -> None:
     c.fill_(-7.0)  # the pipeline's tensor now holds g
     u.fill_(-7.0)
     assert torch.equal(policy.estimate(1, torch.full((1, 4), 4.0)), torch.full((1, 4), 0.5 * 4 + 2.0 * 1 + 3.0 * 10))
+
+
+def test_linear_ag_is_fitted_with_the_specs_terms(tmp_path) -> None:
+    """The fit runs the spec it will be used with: a term changes the recorded trajectory, so the coefficients."""
+    pipe = tiny_pipeline("sd")
+    inputs = sd_inputs(pipe, batch=2, seed=3)
+    plain = guidance.fit_linear_ag(pipe, {"scale": 5.0}, tmp_path / "plain.json", **sd_call(inputs, 6))
+    spec = {"scale": 5.0, "terms": [{"reference": "tsg", "scale": 2.0}]}
+    with_term = guidance.fit_linear_ag(pipe, spec, tmp_path / "term.json", **sd_call(inputs, 6))
+    coefficients = [[e.get("coefficients") for e in json.loads(p.read_text())["steps"]] for p in (plain, with_term)]
+    assert coefficients[0] != coefficients[1]
+    assert json.loads(with_term.read_text())["fitted_on"]["guidance"]["terms"]
