@@ -156,6 +156,14 @@ class Guidance(BaseModel):
             )
         return self
 
+    def start_run(self, steps: StepTable) -> tuple[list[float | None], list[list[float | None]]]:
+        """Begin a pipeline call over `steps`: the strategies forget their per-run state; returns the main term's scale
+        of every step and each term's s_i of every step (None: conditional only / off)."""
+        for strategy in (self.rule, self.reference, *(x for term in self.terms for x in (term.rule, term.reference))):
+            strategy.reset()
+        scales = self.rule.step_scales(self.scale, self.schedule, steps)
+        return scales, [term.step_scales(steps) for term in self.terms]
+
     def to_spec(self) -> dict[str, Any]:
         """A plain mapping that `load` turns back into an equal Guidance."""
         spec = {"scale": self.scale, "rule": self.rule.to_spec(), "reference": self.reference.to_spec(),

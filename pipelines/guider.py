@@ -159,10 +159,7 @@ class GuidanceGuider(BaseGuidance):
         if spec.rule.corrects_sampler:
             self._correction = self._cfgpp_correction()
         located = min(range(len(table)), key=lambda k: abs(table.timesteps[k] - t))
-        self._run = GuiderRun(table, spec.rule.step_scales(spec.scale, spec.schedule, table),
-                              [term.step_scales(table) for term in spec.terms], located - step)
-        for strategy in (spec.rule, spec.reference, *(x for term in spec.terms for x in (term.rule, term.reference))):
-            strategy.reset()
+        self._run = GuiderRun(table, *spec.start_run(table), located - step)
         return self._run
 
     def _cfgpp_correction(self) -> SingleStepCorrection:

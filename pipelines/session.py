@@ -247,13 +247,10 @@ class Session:
         result = self._set_timesteps(*args, **kwargs)
         self._keep_forward_routed()
         table = step_table(self._scheduler, self.adapter.boundary())
-        spec = self.guidance
-        self.current_run = Run(table=table, scales=spec.rule.step_scales(spec.scale, spec.schedule, table),
-                               term_scales=[term.step_scales(table) for term in spec.terms])
-        check_run(self._caches, spec, self.current_run.scales)
+        scales, term_scales = self.guidance.start_run(table)
+        self.current_run = Run(table=table, scales=scales, term_scales=term_scales)
+        check_run(self._caches, self.guidance, scales)
         self._runs.append(self.current_run)
-        for strategy in (spec.rule, spec.reference, *(x for term in spec.terms for x in (term.rule, term.reference))):
-            strategy.reset()
         if self._correction is not None:
             self._correction.reset()
         return result
