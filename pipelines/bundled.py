@@ -16,6 +16,8 @@ BUNDLED: dict[str, Path] = {
     "digits": MODELS_FOLDER / "digits",
     "digits-no-dropout": MODELS_FOLDER / "digits-no-dropout",
     "digits-weak": MODELS_FOLDER / "digits-weak",  # autoguidance's guiding model: width 8, 1200 steps
+    "shapes-sd": MODELS_FOLDER / "shapes-sd",  # captioned scenes (shapes.py), StableDiffusionPipeline
+    "shapes-flow": MODELS_FOLDER / "shapes-flow",  # captioned scenes, StableDiffusion3Pipeline (flow matching)
 }
 CLASSIFIERS: dict[str, Path] = {"digits": MODELS_FOLDER / "digit-classifier"}  # the digits models' classes, 0–9
 JUDGES: dict[str, Path] = {"shapes": MODELS_FOLDER / "shapes-judge"}  # a captioned scene's attributes (shapes.py)

@@ -45,6 +45,7 @@ RELATIONS = ("left of", "right of", "above", "below")
 COUNTS = {"two": 2, "three": 3}
 KINDS = ("one", "relation", "count")
 SUPERSAMPLE = 4
+HELD_OUT_SEED = 1_000_000  # held-out scenes (judge checks, evaluation prompts) draw seeds from here up; training below
 
 
 @dataclass(frozen=True)

@@ -83,14 +83,20 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 DEFAULT_RUN: dict[str, Any] = {"model": {"path": "digits"}, "guidance": {"scale": 3.0}}
+DEFAULT_TEXT_RUN: dict[str, Any] = {"model": {"path": "shapes-sd"}, "guidance": {"scale": 5.0}}
 
 
 def _run_config(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    """The raw config mapping (file or the bundled digits default) with --set applied, and its source name."""
+    """The raw config mapping (file, or the bundled default: digits, or shapes-sd when --prompt is given) with
+    --prompt and --set applied, and its source name."""
     from .config import apply_sets, read
 
-    data = read(args.config) if args.config else dict(DEFAULT_RUN)
-    return apply_sets(data, args.set or []), str(args.config or "<default digits config>")
+    prompts = getattr(args, "prompt", None)
+    default, name = (DEFAULT_TEXT_RUN, "shapes-sd") if prompts else (DEFAULT_RUN, "digits")
+    data = read(args.config) if args.config else dict(default)
+    if prompts:
+        data = {**{k: v for k, v in data.items() if k != "class_labels"}, "prompts": prompts}
+    return apply_sets(data, args.set or []), str(args.config or f"<default {name} config>")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -98,8 +104,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .generate import generate, regenerate
 
     if args.from_image is not None:
-        if args.config or args.set:
-            raise GuidanceError("--from-image takes the whole config from the image; drop -c/--set.")
+        if args.config or args.set or args.prompt:
+            raise GuidanceError("--from-image takes the whole config from the image; drop -c/--set/--prompt.")
         path = regenerate(args.from_image, args.out, overwrite=args.overwrite, progress=not args.no_progress,
                           allow_pickle=args.allow_pickle)
         print(f"Regenerated {args.from_image} as {path}")
@@ -253,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "--from-image regenerates an image or video from them, bit for bit on the same machine.",
         epilog="Example: guidance generate -c configs/digits-apg.yaml --set guidance.scale=10 --out out/")
     _add_run_options(generate)
+    generate.add_argument("--prompt", action="append", metavar="TEXT",
+                          help="a prompt (repeatable), in place of the config's prompts or class labels; without -c "
+                               "the bundled text model shapes-sd")
     generate.add_argument("--from-image", type=Path, metavar="FILE",
                           help="regenerate this image (.png) or video (.webp) from its metadata")
     generate.set_defaults(handler=cmd_generate)

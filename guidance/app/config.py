@@ -104,7 +104,7 @@ MAX_SAMPLES = 10_000  # k-NN precision/recall holds an N × N distance matrix (8
 
 
 def _model_name(value: str) -> str:
-    """A bundled model's name or a folder with a ClassConditionalPipeline (model_index.json)."""
+    """A bundled model's name or a pipeline folder (model_index.json)."""
     if value not in BUNDLED and not is_file(Path(value) / "model_index.json"):
         raise ValueError(f"no bundled model or pipeline folder {shorten(value, 300)}; use {', '.join(BUNDLED)} or a "
                          "folder saved with save_pretrained")
@@ -122,6 +122,7 @@ class SettingSection(Section):
     model: str | None = None
     method: str | None = None
     unconditional: bool = False
+    negative_prompt: str | None = None
 
     _model = field_validator("model")(classmethod(lambda cls, value: value if value is None else _model_name(value)))
 

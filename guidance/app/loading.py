@@ -52,9 +52,7 @@ def load_model(section: ModelSection, scheduler: str = "default", allow_pickle: 
     path = BUNDLED.get(section.path, Path(section.path))
     safetensors = None if allow_pickle else True
     try:
-        if section.path in BUNDLED:
-            pipe = load_pipeline(path)
-        elif Path(path).is_dir():
+        if Path(path).is_dir():
             index = Path(path) / "model_index.json"
             if not index.is_file():
                 raise GuidanceError(f"'{path}' is a folder but has no model_index.json: point model.path at a "
@@ -62,10 +60,14 @@ def load_model(section: ModelSection, scheduler: str = "default", allow_pickle: 
             unsafe = [] if allow_pickle else pickle_only(Path(path))
             if unsafe:
                 raise GuidanceError(f"'{path}' has only pickle weights in {', '.join(unsafe)}. {PICKLE_HINT}")
-            if json.loads(index.read_text()).get("_class_name") == ClassConditionalPipeline.__name__:
+            components = json.loads(index.read_text())
+            if components.get("_class_name") == ClassConditionalPipeline.__name__:
                 pipe = load_pipeline(path, allow_pickle=allow_pickle)
-            else:
-                pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, use_safetensors=safetensors)
+            else:  # components saved as absent (SD3 without T5) are passed as None, which from_pretrained requires
+                absent = {name: None for name, value in components.items()
+                          if isinstance(value, list) and value[:1] == [None]}
+                pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, use_safetensors=safetensors,
+                                                         **absent)
         elif re.fullmatch(r"[\w.-]+/[\w.-]+", section.path) and not section.path.startswith("."):
             pipe = DiffusionPipeline.from_pretrained(section.path, torch_dtype=dtype, use_safetensors=safetensors)
         else:
@@ -78,7 +80,7 @@ def load_model(section: ModelSection, scheduler: str = "default", allow_pickle: 
         reason = " ".join(str(error).split())[:300]
         raise GuidanceError(f"Could not load the model {shorten(section.path, 300)}: {reason}. A hub id needs network "
                             "access (or a local copy in the Hugging Face cache); offline, use a local folder or a "
-                            f"bundled model (digits). {'' if allow_pickle else PICKLE_HINT}") from None
+                            f"bundled model ({', '.join(BUNDLED)}). {'' if allow_pickle else PICKLE_HINT}") from None
     adapter_for(pipe)  # refuses unsupported pipelines with the list of supported ones
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)

@@ -46,16 +46,17 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def image_grid(samples: torch.Tensor, labels: Sequence[int], per_class: int = 8, zoom: int = 4) -> Image.Image:
-    """Rows = classes, columns = the first `per_class` samples of each; [−1, 1] → grey, values clipped."""
+    """Rows = labels (negative labels are left out), columns = the first `per_class` samples of each; [−1, 1] →
+    grey (one channel) or RGB (three), values clipped."""
     labels = np.asarray(labels)
-    classes = sorted(set(labels.tolist()))
-    size = samples.shape[-1]
-    canvas = np.zeros((len(classes) * size, per_class * size), dtype=np.uint8)
-    pixels = ((samples.clamp(-1, 1)[:, 0] + 1) * 127.5).round().byte().numpy()
+    classes = sorted(label for label in set(labels.tolist()) if label >= 0)
+    size, channels = samples.shape[-1], samples.shape[1]
+    canvas = np.zeros((len(classes) * size, per_class * size, channels), dtype=np.uint8)
+    pixels = ((samples.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
     for r, label in enumerate(classes):
         for c, index in enumerate(np.flatnonzero(labels == label)[:per_class]):
             canvas[r * size:(r + 1) * size, c * size:(c + 1) * size] = pixels[index]
-    image = Image.fromarray(canvas, mode="L")
+    image = Image.fromarray(canvas[..., 0] if channels == 1 else canvas, mode="L" if channels == 1 else "RGB")
     return image.resize((image.width * zoom, image.height * zoom), Image.NEAREST)
 
 
@@ -119,8 +120,9 @@ def _page_data(rows: list[dict[str, Any]], telemetry: dict[str, list[dict[str, A
     settings = differing([specs[row["setting"]] for row in rows], None)
     cells = [{"cell": row["setting"], "settings": changed, "method": row["method"], "mean_w": number(row["mean_w"]),
               "telemetry": summary([telemetry[row["setting"]]], specs[row["setting"]]["guidance"]["rule"]),
-              "media": [{"src": f"grids/{slug(row['setting'])}.png", "seed": seed, "item": "every class",
-                         "image": 0, "video": False, "column": "samples (a row per class)",
+              "media": [{"src": f"grids/{slug(row['setting'])}.png", "seed": seed, "image": 0, "video": False,
+                         "item": "every class, or the first 64 prompts",
+                         "column": "samples (a row per class, or per 8 prompts)",
                          "seconds": number(row["seconds"] / samples),
                          "denoiser_rows": number(row["rows_per_sample"]), "mean_w": number(row["mean_w"])}]}
              for row, changed in zip(rows, settings, strict=True)]
@@ -130,25 +132,27 @@ def _page_data(rows: list[dict[str, Any]], telemetry: dict[str, list[dict[str, A
 
 
 def write_report(out: Path, rows: list[dict[str, Any]], telemetry: dict[str, list[dict[str, Any]]],
-                 grids: dict[str, torch.Tensor], labels: Sequence[int], reference: Any, specs: dict[str, Any],
-                 seed: int) -> None:
+                 grids: dict[str, tuple[torch.Tensor, Sequence[int]]], tasks: Sequence[Any], specs: dict[str, Any],
+                 samples: int, seed: int) -> None:
     """results.md / results.csv, grids/<setting>.png, plots/metrics.png, plots/telemetry-<method>.png, and
-    evaluation.json with the page that shows it (index.html); `specs`: each setting's guidance and sampler."""
+    evaluation.json with the page that shows it (index.html); `grids`: each setting's samples and grid rows,
+    `tasks`: the evaluation's tasks (their real-vs-real floors end the table), `specs`: each setting's guidance and
+    sampler."""
     from .media import atomic_write
     from .page import write_page
 
     (out / "grids").mkdir(parents=True, exist_ok=True)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     write_csv(out / "results.csv", rows)
-    floor = {"setting": "real digits (train subset vs held-out)", "fd": reference.floor,
-             "precision": reference.floor_precision, "recall": reference.floor_recall}
-    (out / "results.md").write_text(markdown_table([*rows, floor], COLUMNS))
-    for name, samples in grids.items():
-        image_grid(samples, labels).save(out / "grids" / f"{slug(name)}.png")
+    floors = [{"setting": task.floor_label, "fd": task.reference.floor, "precision": task.reference.floor_precision,
+               "recall": task.reference.floor_recall} for task in tasks]
+    (out / "results.md").write_text(markdown_table([*rows, *floors], COLUMNS))
+    for name, (images, labels) in grids.items():
+        image_grid(images, labels).save(out / "grids" / f"{slug(name)}.png")
     plot_metrics(out / "plots" / "metrics.png", rows)
     for method in dict.fromkeys(row["method"] for row in rows):
         names = [row["setting"] for row in rows if row["method"] == method]
         plot_telemetry(out / "plots" / f"telemetry-{slug(method)}.png", {n: telemetry[n] for n in names})
-    text = json.dumps(_page_data(rows, telemetry, specs, len(labels), seed), indent=1)
+    text = json.dumps(_page_data(rows, telemetry, specs, samples, seed), indent=1)
     atomic_write(out / "evaluation.json", lambda path: Path(path).write_text(text))
     write_page(out, "evaluation.json")
