@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,12 @@ def _numbers(value: torch.Tensor | None) -> list[float] | None:
     return None if value is None else value.detach().float().cpu().tolist()
 
 
+def _cfgpp_scale(strength: float, sigma: float, after: float) -> float:
+    """CFG++'s λ as the scale of the CFG step it equals, λ·σ_t/(σ_t − σ_{t+1}); at pure noise (σ_t = ∞, flow
+    matching's first step) its limit λ."""
+    return strength if math.isinf(sigma) else strength * sigma / (sigma - after)
+
+
 def effective_scales(steps: list[dict[str, Any]], rule: Mapping[str, Any] | None = None) -> list[float | None]:
     """The CFG scale each recorded step of one run (`StepRecord.as_dict`) acted with, so that methods whose `scale`
     means different things can be compared at matched strength; `rule`: the spec's rule (`Rule.to_spec()`), None: cfg.
@@ -93,7 +100,7 @@ def effective_scales(steps: list[dict[str, Any]], rule: Mapping[str, Any] | None
         elif name == "cfgpp" and i + 1 == len(steps):
             scales.append(None)
         else:
-            w = step["w"] * step["sigma"] / (step["sigma"] - steps[i + 1]["sigma"]) if name == "cfgpp" else step["w"]
+            w = _cfgpp_scale(step["w"], step["sigma"], steps[i + 1]["sigma"]) if name == "cfgpp" else step["w"]
             scales.append(1.0 + (w - 1.0) * share)
     return scales
 

@@ -234,5 +234,5 @@ class RowView:
             else:
                 self._replace_rows(path, value)
 
-    def prompt_bank(self) -> dict[str, torch.Tensor]:
-        return self.adapter.prompt_bank(self.pipe, self.embeddings())
+    def prompt_bank(self, prompts: list[str] | None = None) -> dict[str, torch.Tensor]:
+        return self.adapter.prompt_bank(self.pipe, self.embeddings(), prompts)

@@ -43,6 +43,8 @@ def test_effective_scales_by_hand() -> None:
     assert mean_effective_scale(steps) == pytest.approx((3 + 1 + 1.5 + 3) / 4)
     cfgpp = [record(("cond", "reference"), 0.5, sigma) for sigma in (4.0, 2.0, 1.0)]
     assert effective_scales(cfgpp, {"name": "cfgpp"}) == [0.5 * 4 / (4 - 2), 0.5 * 2 / (2 - 1), None]
+    flow = [record(("cond", "reference"), 0.5, sigma) for sigma in (float("inf"), 2.0, 1.0)]  # σ_0 = ∞: the limit λ
+    assert effective_scales(flow, {"name": "cfgpp"}) == [0.5, 0.5 * 2 / (2 - 1), None]
 
 
 def test_cfgpp_effective_scale_is_the_cfg_scale_of_the_same_step() -> None:

@@ -6,8 +6,10 @@ import pytest
 import torch
 
 import guidance
+from guidance.errors import GuidanceError
 from guidance.pipelines.adapters.base import RANDOM_PROMPTS
 from guidance.pipelines.testing.tiny import NULL_CLASS, tiny_call_kwargs, tiny_pipeline
+from guidance.spec import load
 
 from conftest import strip_scales
 
@@ -77,6 +79,24 @@ def test_icg_prompt_on_sd_uses_encoded_random_prompts() -> None:
         for row in kwargs["encoder_hidden_states"][2:]:
             assert any(torch.allclose(row, candidate, atol=1e-6) for candidate in bank)
     attention.close()
+
+
+def test_icg_prompt_takes_a_prompt_list_of_its_own() -> None:
+    """`prompts`: every reference row is one of these prompts as the pipeline encodes them, none of the built-in ones;
+    the list needs source: prompt."""
+    pipe = tiny_pipeline("sd")
+    prompts = ["a small red circle at the top on a blue background", "two green squares on a white background"]
+    bank, _ = pipe.encode_prompt(prompts, "cpu", 1, False)
+    default, _ = pipe.encode_prompt(list(RANDOM_PROMPTS), "cpu", 1, False)
+    attention = Capture(cross_attention(pipe.unet))
+    guidance.run(pipe, {"scale": 4.0, "reference": {"name": "icg", "source": "prompt", "prompts": prompts}},
+                 **strip_scales(tiny_call_kwargs("sd", batch=2, seed=0)))
+    rows = [row for _, kwargs, _ in attention.seen for row in kwargs["encoder_hidden_states"][2:]]
+    assert all(any(torch.allclose(row, candidate, atol=1e-6) for candidate in bank) for row in rows)
+    assert not any(torch.allclose(row, candidate, atol=1e-6) for row in rows for candidate in default)
+    attention.close()
+    with pytest.raises(GuidanceError, match="source: prompt"):
+        load({"reference": {"name": "icg", "source": "gaussian", "prompts": prompts}})
 
 
 def test_icg_on_flux_needs_no_negative_call() -> None:

@@ -14,7 +14,7 @@ import guidance
 from guidance.app.config import ModelSection
 from guidance.app.evaluate import Setting
 from guidance.app.loading import load_model
-from guidance.app.tasks import ScenesTask
+from guidance.app.tasks import ScenesTask, negative_share
 from guidance.app.train_shapes import (
     T5_ROWS,
     RepeatedRowAttention,
@@ -26,7 +26,7 @@ from guidance.app.train_shapes import (
     train_flow,
     train_sd,
 )
-from guidance.pipelines.shapes import HELD_OUT_SEED, _coverage, generate
+from guidance.pipelines.shapes import COLOURS, HELD_OUT_SEED, SHAPES, SIZES, _coverage, generate
 from guidance.pipelines.shapes_text import word_tokenizer
 
 
@@ -117,3 +117,12 @@ def test_scenes_task_reads_real_scenes_of_its_prompts_as_right() -> None:
     assert right["fd"] <= 2 * task.reference.floor
     shuffled = task.measure(images[torch.randperm(200, generator=torch.Generator().manual_seed(0))], setting)
     assert shuffled["accuracy"] < 0.05 and shuffled["fd"] == pytest.approx(right["fd"], rel=1e-6)
+
+
+def test_negative_share_counts_objects_the_negative_prompt_names() -> None:
+    read = {"colour": np.array([0, 1, 2, 0]), "shape": np.array([0, 0, 1, 2]), "size": np.array([0, 1, 0, 1])}
+    assert list(COLOURS)[0] == "red" and SHAPES[1] == "square" and list(SIZES)[1] == "large"
+    assert negative_share(read, "red") == 0.5  # images 0 and 3
+    assert negative_share(read, "a red square") == 0.75  # and image 2 (a square)
+    assert negative_share(read, "large") == 0.5
+    assert np.isnan(negative_share(read, None))

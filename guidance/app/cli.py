@@ -13,7 +13,7 @@ from typing import Any
 from ..errors import OUT_OF_MEMORY, GuidanceError, shorten
 
 EXAMPLE_SETTINGS = """\
-model: digits            # default model of every setting (digits, digits-no-dropout, or a folder)
+model: digits            # default model of every setting (digits, digits-no-dropout, shapes-sd, shapes-flow, a folder)
 samples: 500
 steps: 25
 settings:
@@ -23,6 +23,10 @@ settings:
   - name: apg
     guidance: {rule: {name: apg, norm_threshold: 1.0}}
     scales: [7.5, 15]
+  - name: nag on the text model, negative prompt "red"
+    model: shapes-sd
+    negative_prompt: red
+    guidance: {attention: {name: nag, scale: 3}}
 """
 
 
@@ -298,9 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("files", nargs="+", type=Path, metavar="FILE")
     check.set_defaults(handler=cmd_validate)
     evaluate = sub.add_parser(
-        "evaluate", help="measure guidance settings on a class-conditional model (default: the bundled digits)",
-        description="Run guidance settings on the same labels and noise and report accuracy, Fréchet distance, "
-                    "precision/recall, saturation, diversity, denoiser rows and time.",
+        "evaluate", help="measure guidance settings on a reference model: the bundled digits (default) or the "
+                         "captioned-scene text models shapes-sd and shapes-flow",
+        description="Run guidance settings on the same labels (digits) or held-out one-object prompts (text models) "
+                    "and the same noise, and report accuracy (text models: every attribute the scene judge reads "
+                    "back right), Fréchet distance, precision/recall, saturation, diversity, denoiser rows and "
+                    "time.",
         epilog="Settings file example:\n" + EXAMPLE_SETTINGS, formatter_class=argparse.RawDescriptionHelpFormatter)
     evaluate.add_argument("-c", "--config", type=Path, action="append", help="YAML settings file (repeatable)")
     evaluate.add_argument("--model", default="digits", help="model when no settings file is given")

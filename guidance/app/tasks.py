@@ -26,7 +26,7 @@ from ..pipelines.bundled import bundled_judge
 from ..pipelines.class_conditional import ClassConditionalPipeline
 from ..pipelines.digits import NUM_CLASSES, load_classifier, load_digit_images
 from ..pipelines.shape_judge import ATTRIBUTES
-from ..pipelines.shapes import HELD_OUT_SEED, SIZE, generate, one_object_targets
+from ..pipelines.shapes import COLOURS, HELD_OUT_SEED, SHAPES, SIZE, SIZES, generate, one_object_targets
 from .metrics import class_diversity, frechet_distance, knn_precision_recall, saturation
 
 if TYPE_CHECKING:
@@ -148,7 +148,8 @@ class ScenesTask:
 
     def measure(self, samples: torch.Tensor, setting: Setting) -> dict[str, float]:
         """The judge's adherence (all attributes right), its joint probability of the prompted attributes, each
-        attribute's accuracy, FD / precision / recall, diversity within prompted (shape, colour), saturation."""
+        attribute's accuracy, FD / precision / recall, diversity within prompted (shape, colour), the share showing
+        what the negative prompt names, saturation."""
         images = samples.clamp(-1, 1)
         with torch.no_grad():
             features = self.judge.features(images)
@@ -159,12 +160,26 @@ class ScenesTask:
         features = features.numpy().astype(np.float64)
         groups = self.targets["shape"] * 100 + self.targets["colour"]
         unconditional = setting.unconditional
+        read = {name: logits[name].argmax(1).numpy() for name in NEGATABLE}
         return {"accuracy": float("nan") if unconditional else float(np.all(list(right.values()), 0).mean()),
                 "confidence": float("nan") if unconditional else float(joint.mean()),
                 **{f"{name}_accuracy": float("nan") if unconditional else float(r.mean()) for name, r in right.items()},
                 **_common(features, self.reference, samples),
                 "diversity": class_diversity(features, np.zeros(len(rows)) if unconditional else groups),
-                **saturation(samples.numpy())}
+                "negative_share": negative_share(read, setting.negative_prompt), **saturation(samples.numpy())}
+
+
+NEGATABLE = {"colour": list(COLOURS), "shape": list(SHAPES), "size": list(SIZES)}  # the object's, as the judge reads
+
+
+def negative_share(read: dict[str, np.ndarray], negative_prompt: str | None) -> float:
+    """The share of images whose object shows a colour, shape or size the negative prompt names (NaN without one)."""
+    if negative_prompt is None:
+        return float("nan")
+    words = set(negative_prompt.split())
+    hits = [np.isin(read[name], [i for i, value in enumerate(values) if value in words])
+            for name, values in NEGATABLE.items()]
+    return float(np.any(hits, 0).mean())
 
 
 def task_for(pipe: Any, samples: int, seed: int, made: dict[type, DigitsTask | ScenesTask]) -> DigitsTask | ScenesTask:

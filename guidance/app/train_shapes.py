@@ -1,14 +1,19 @@
-"""Train the captioned-scene models: the judge, and the text-to-image model in the stock StableDiffusionPipeline (a
-tiny AutoencoderKL, a small CLIPTextModel with the grammar's word tokenizer, a UNet2DConditionModel). Runs offline on
-a CPU; each run writes its command, settings and results to the model folder's training.json. The shipped judge was
-made with
+"""Train the captioned-scene models: the judge, and the two text-to-image models — shapes-sd in the stock
+StableDiffusionPipeline (a small CLIPTextModel with the grammar's word tokenizer, a UNet2DConditionModel) and
+shapes-flow in the stock StableDiffusion3Pipeline (two small CLIPTextModelWithProjection, SD3's MM-DiT, flow
+matching; no T5) — on one tiny AutoencoderKL (32×32 RGB ↔ 8×8×16). Runs offline on a CPU; each run writes its
+command, settings and results to the model folder's training.json. The shipped models were made with
 
     python -m guidance.app.train_shapes judge --out pipelines/models/shapes-judge
+    python -m guidance.app.train_shapes vae --out VAE --threads 2
+    python -m guidance.app.train_shapes sd --vae VAE --out pipelines/models/shapes-sd --steps 10000
+    python -m guidance.app.train_shapes flow --vae VAE --out pipelines/models/shapes-flow --steps 8000
 
-The text-to-image model (`sd`) trains in two stages, as latent diffusion does (Rombach et al., CVPR 2022): the
-autoencoder alone (reconstruction + a small KL term), then, with it frozen, the UNet and the text encoder together on
-its latents (there is no pretrained text encoder for this vocabulary, so it learns from scratch), with caption dropout
-(the empty prompt is the unconditional input, as in the stock pipeline's CFG).
+in two stages, as latent diffusion does (Rombach et al., CVPR 2022): the autoencoder alone, then, with it frozen,
+the denoiser and the text encoder(s) together on its latents (there is no pretrained text encoder for this
+vocabulary, so they learn from scratch), with caption dropout (the empty prompt is the unconditional input, as in
+the stock pipelines' CFG). SD3 is the flow family because its stock pipeline runs on CLIP encoders alone
+(text_encoder_3=None), which share the word tokenizer; FLUX's pipeline needs a T5 encoder and tokenizer as well.
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@
 Sadat, Kansy, Hilliges, Weber, "No Training, No Problem: Rethinking Classifier-Free Guidance for Diffusion
 Models", ICLR 2025 (arXiv 2407.02687), §4 and Algorithm 1: D̂ = D(x_t, t, ŷ) + w·(D(x_t, t, y) − D(x_t, t, ŷ)),
 ŷ drawn afresh at every step for every sample. Sources of ŷ: `class` (a random class label, never the null
-class), `prompt` (the embedding of a random prompt from a built-in list, encoded by the pipeline's own text
-encoder) or `gaussian` (noise with the per-sample mean and std of the real condition embedding, over all
-non-batch dims). Default: `class` for class-conditional models, `gaussian` for text models. Works on models
-trained without condition dropout (docs/CONVENTIONS.md §13).
+class), `prompt` (the embedding of a random prompt from `prompts`, default a built-in list of generic captions,
+encoded by the pipeline's own text encoder) or `gaussian` (noise with the per-sample mean and std of the real
+condition embedding, over all non-batch dims). Default: `class` for class-conditional models, `gaussian` for text
+models. Works on models trained without condition dropout (docs/CONVENTIONS.md §13).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from pydantic import Field, model_validator
 
 from ..errors import GuidanceError
 from .base import ReferenceRows, SeededReference
@@ -38,6 +39,14 @@ class ICG(SeededReference):
     summary = "reference rows see a random class, random prompt or matched Gaussian condition"
 
     source: Literal["class", "prompt", "gaussian"] | None = None
+    prompts: list[str] | None = Field(None, min_length=1)  # the `prompt` source's list (default: RANDOM_PROMPTS)
+
+    @model_validator(mode="after")
+    def _prompts_need_prompt_source(self) -> ICG:
+        if self.prompts is not None and self.source != "prompt":
+            raise ValueError(f"`prompts` is the list of the `prompt` source, but source is {self.source}: set "
+                             "source: prompt, or drop prompts")
+        return self
 
     def _source(self, rows: ReferenceRows) -> str:
         source = self.source or ("class" if rows.kind == "class" else "gaussian")
@@ -58,7 +67,7 @@ class ICG(SeededReference):
         elif source == "gaussian":
             rows.set_embeddings({k: gaussian_like(v, self._generator) for k, v in rows.embeddings().items()})
         else:
-            bank = rows.prompt_bank()
+            bank = rows.prompt_bank(self.prompts)
             size = len(next(iter(bank.values())))
             pick = torch.randint(0, size, (n,), generator=self._generator)
             rows.set_embeddings({k: v[pick.to(v.device, non_blocking=True)] for k, v in bank.items()})

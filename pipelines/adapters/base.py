@@ -68,7 +68,7 @@ class Adapter:
 
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
-        self._bank: dict[str, torch.Tensor] | None = None
+        self._banks: dict[tuple[str, ...], dict[str, torch.Tensor]] = {}
 
     @property
     def denoiser(self) -> nn.Module:
@@ -355,14 +355,16 @@ class Adapter:
         raise GuidanceError(f"ICG's `prompt` source is not implemented for {type(self.pipe).__name__}; use "
                             "source: gaussian.")
 
-    def prompt_bank(self, pipe: Any, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """RANDOM_PROMPTS encoded by the pipeline's own text encoder(s), once per session."""
-        if self._bank is None:
+    def prompt_bank(self, pipe: Any, like: dict[str, torch.Tensor],
+                    prompts: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """`prompts` (default RANDOM_PROMPTS) encoded by the pipeline's own text encoder(s), once per session."""
+        key = tuple(RANDOM_PROMPTS if prompts is None else prompts)
+        if key not in self._banks:
             if getattr(pipe, "text_encoder", None) is None:
                 raise GuidanceError(
                     f"ICG's `prompt` source needs the pipeline's text encoder, but this {type(pipe).__name__} "
                     "has none (it was built or called with embeddings only). Use source: gaussian."
                 )
             with torch.no_grad():
-                self._bank = self.encode_prompts(list(RANDOM_PROMPTS), like)
-        return self._bank
+                self._banks[key] = self.encode_prompts(list(key), like)
+        return self._banks[key]
