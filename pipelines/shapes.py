@@ -25,7 +25,7 @@ colour.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -145,6 +145,28 @@ def sample_scene(rng: np.random.Generator, kind: str) -> Scene:
     used = {o.colour for o in objects}
     background = _pick(rng, [c for c in colours if c not in used])
     return Scene(kind, background, objects, relation)
+
+
+def mislabel(scene: Scene, rng: np.random.Generator) -> Scene:
+    """The scene with one captioned attribute redrawn uniformly from the grammar's values (possibly the same one),
+    for a caption that may no longer match the image, as web captions often do not: the first object's shape,
+    colour, size (one-object and relation scenes) or position (one-object scenes), or the background. Only the
+    caption is to be made from it; the grammar's colour rule may not hold."""
+    first = scene.objects[0]
+    choices = ["shape", "colour", "background", *["size"] * (scene.kind != "count"),
+               *["position"] * (scene.kind == "one")]
+    attribute = _pick(rng, choices)
+    if attribute == "background":
+        return replace(scene, background=_pick(rng, tuple(COLOURS)))
+    if attribute == "position":
+        changed = replace(first, cell=divmod(int(rng.integers(9)), 3))
+    else:
+        table = {"shape": SHAPES, "colour": tuple(COLOURS), "size": tuple(SIZES)}[attribute]
+        changed = replace(first, **{attribute: _pick(rng, table)})
+    if scene.kind == "count":  # count objects share shape and colour
+        return replace(scene, objects=tuple(replace(o, shape=changed.shape, colour=changed.colour)
+                                            for o in scene.objects))
+    return replace(scene, objects=(changed, *scene.objects[1:]))
 
 
 def _coverage(obj: SceneObject) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""Every preset in configs/ validates; digits presets run offline; the others' guidance runs on a tiny pipeline
-of their family (with their scheduler)."""
+"""Every preset in configs/ validates; presets of bundled models (digits, shapes) run offline; the others' guidance
+runs on a tiny pipeline of their family (with their scheduler)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 import guidance
 from guidance.app.config import read, validate
 from guidance.app.generate import generate
+from guidance.pipelines.bundled import BUNDLED
 from guidance.pipelines.schedulers import set_scheduler
 from guidance.pipelines.testing.tiny import tiny_call_kwargs, tiny_pipeline
 
@@ -31,7 +32,7 @@ def test_presets_cover_the_methods_and_families() -> None:
     assert {"sdxl-apg", "sd21-apg", "dit-apg", "sd15-cfgpp", "sdxl-ag", "sdxl-apg-linear-schedule-ag", "dit-icg-tsg",
             "digits-cfg", "sdxl-pag", "sd35-slg", "sdxl-apg-pag", "digits-autoguidance", "qwen-image", "flux-kontext",
             "ltx-video", "hunyuanvideo", "sdxl-fdg", "sd3-tcfg", "sd15-pcg", "digits-pcg", "digits-gfcg", "flux-nag",
-            "wan-nag"} <= names
+            "wan-nag", "shapes-sd-apg", "shapes-flow-cfg-zero-star", "shapes-sd-nag"} <= names
 
 
 def on_tiny_blocks(spec: guidance.Guidance, pipe) -> dict:
@@ -47,7 +48,7 @@ def on_tiny_blocks(spec: guidance.Guidance, pipe) -> dict:
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
 def test_preset_validates_and_its_guidance_runs(path: Path, tmp_path: Path) -> None:
     config = validate(read(path), str(path))
-    if config.model.path.startswith("digits"):
+    if config.model.path in BUNDLED:  # the bundled models run offline, as the preset says
         written = generate(config.model_copy(update={"sampler": config.sampler.model_copy(update={"steps": 3})}),
                            tmp_path, progress=False)
         assert len(written) == len(config.items())

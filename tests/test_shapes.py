@@ -19,6 +19,7 @@ from guidance.pipelines.shapes import (
     SHAPES,
     SIZES,
     generate,
+    mislabel,
     one_object_targets,
     vocabulary,
 )
@@ -156,3 +157,23 @@ def test_bad_requests_are_refused() -> None:
         generate(3, kinds=("crowd",))
     with pytest.raises(GuidanceError, match="at least one scene"):
         generate(0)
+
+
+def test_mislabel_redraws_one_captioned_attribute() -> None:
+    """Each mislabelled scene differs from its scene in one attribute at most (count objects together), never in the
+    kind, relation, second object or exact centres; over many scenes every attribute gets redrawn."""
+    scenes = generate(600, seed=5)
+    rng = np.random.default_rng(0)
+    changed = set()
+    for scene in scenes.scenes:
+        other = mislabel(scene, rng)
+        assert (other.kind, other.relation, other.objects[1:] if scene.kind == "relation" else ()) == \
+            (scene.kind, scene.relation, scene.objects[1:] if scene.kind == "relation" else ())
+        first, new = scene.objects[0], other.objects[0]
+        diff = {name for name in ("shape", "colour", "size", "cell") if getattr(first, name) != getattr(new, name)}
+        diff |= {"background"} if other.background != scene.background else set()
+        assert len(diff) <= 1 and new.centre == first.centre
+        if scene.kind == "count":
+            assert {(o.shape, o.colour) for o in other.objects} == {(new.shape, new.colour)}
+        changed |= diff
+    assert changed == {"shape", "colour", "size", "cell", "background"}

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import (
@@ -46,7 +47,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from ..pipelines.bundled import JUDGES, bundled_judge
 from ..pipelines.shape_judge import ATTRIBUTES, ShapeJudge
-from ..pipelines.shapes import HELD_OUT_SEED, SIZE, generate, one_object_targets
+from ..pipelines.shapes import HELD_OUT_SEED, SIZE, caption, generate, mislabel, one_object_targets
 from ..pipelines.shapes_text import MAX_TOKENS, word_tokenizer
 from .train_digits import cosine_warmup, noise_scheduler, sampling_scheduler, training_target
 
@@ -224,15 +225,19 @@ class Latents:
         return self.mean[index] + self.std[index] * torch.randn(self.mean[index].shape, generator=generator)
 
 
-def encode_scenes(vae: AutoencoderKL, scenes: int, seed: int) -> Latents:
-    """Generate `scenes` scenes (half one-object, a quarter each relations and counts) and encode them."""
+def encode_scenes(vae: AutoencoderKL, scenes: int, seed: int, caption_noise: float) -> Latents:
+    """Generate `scenes` scenes (half one-object, a quarter each relations and counts) and encode them; a share
+    `caption_noise` of the captions describe the scene with one attribute redrawn (shapes.mislabel)."""
     data = generate(scenes, seed=seed, kinds=("one", "one", "relation", "count"))
+    rng = np.random.default_rng(seed + 1)
+    captions = [caption(mislabel(scene, rng)) if rng.random() < caption_noise else text
+                for scene, text in zip(data.scenes, data.captions, strict=True)]
     with torch.no_grad():
         posterior = torch.cat([vae.encode(chunk).latent_dist.parameters
                                for chunk in torch.from_numpy(data.images).split(512)])
     mean, logvar = posterior.chunk(2, dim=1)
     scale, offset = vae.config.scaling_factor, vae.config.shift_factor or 0.0
-    return Latents((mean - offset) * scale, (0.5 * logvar.clamp(-30, 20)).exp() * scale, data.captions)
+    return Latents((mean - offset) * scale, (0.5 * logvar.clamp(-30, 20)).exp() * scale, captions)
 
 
 def fit(models: list[torch.nn.Module], loss_of: Callable[[torch.Tensor], torch.Tensor], data: Latents, steps: int,
@@ -280,7 +285,8 @@ def training_record(settings: dict[str, Any], vae: Path, models: dict[str, torch
 
 
 def train_sd(out: Path, vae: Path, steps: int = 9000, scenes: int = 30000, batch: int = 64, lr: float = 1e-3,
-             caption_dropout: float = 0.1, ema_decay: float = 0.999, seed: int = 0) -> dict[str, Any]:
+             caption_dropout: float = 0.1, caption_noise: float = 0.3, ema_decay: float = 0.999,
+             seed: int = 0) -> dict[str, Any]:
     """Stage 2 of `shapes-sd`: with the autoencoder frozen, the UNet and the CLIP text encoder together (there is no
     pretrained text encoder for this vocabulary), v-prediction on the cosine schedule, the text as the stock
     pipeline encodes it (the last hidden state); saved as a StableDiffusionPipeline with DDIM."""
@@ -289,7 +295,7 @@ def train_sd(out: Path, vae: Path, steps: int = 9000, scenes: int = 30000, batch
     generator, start = torch.Generator().manual_seed(seed), time.time()
     autoencoder = AutoencoderKL.from_pretrained(vae)
     autoencoder.register_to_config(shift_factor=None)  # SD's decoder reads no shift
-    data = encode_scenes(autoencoder, scenes, seed)
+    data = encode_scenes(autoencoder, scenes, seed, caption_noise)
     tokenizer = word_tokenizer()
     text_encoder, unet = build_text_encoder(tokenizer), build_text_unet(autoencoder.config.latent_channels)
     scheduler = noise_scheduler("v_prediction")
@@ -368,7 +374,8 @@ class RepeatedRowAttention:
 
 
 def train_flow(out: Path, vae: Path, steps: int = 8000, scenes: int = 30000, batch: int = 64, lr: float = 1e-3,
-               caption_dropout: float = 0.1, ema_decay: float = 0.999, seed: int = 0) -> dict[str, Any]:
+               caption_dropout: float = 0.1, caption_noise: float = 0.3, ema_decay: float = 0.999,
+               seed: int = 0) -> dict[str, Any]:
     """Stage 2 of `shapes-flow`: with the autoencoder frozen, SD3's MM-DiT and its two CLIP text encoders together,
     by rectified flow matching (x_t = (1 − σ)·x0 + σ·ε, target ε − x0, σ logit-normal(0, 1) as Esser et al.,
     ICML 2024), the 256 T5 zero rows as one (RepeatedRowAttention); saved as a StableDiffusion3Pipeline (no T5: the
@@ -378,7 +385,7 @@ def train_flow(out: Path, vae: Path, steps: int = 8000, scenes: int = 30000, bat
     torch.manual_seed(seed)
     generator, start = torch.Generator().manual_seed(seed), time.time()
     autoencoder = AutoencoderKL.from_pretrained(vae)
-    data = encode_scenes(autoencoder, scenes, seed)
+    data = encode_scenes(autoencoder, scenes, seed, caption_noise)
     tokenizer, width = word_tokenizer(), 32
     encoders = [build_text_encoder(tokenizer, width=width, projection=width) for _ in range(2)]
     transformer = build_flow_transformer(autoencoder.config.latent_channels, text_width=2 * width)
@@ -435,6 +442,8 @@ def main(argv: list[str] | None = None) -> None:
         stage.add_argument("--batch", type=int, default=64)
         stage.add_argument("--lr", type=float, default=1e-3)
         stage.add_argument("--caption-dropout", type=float, default=0.1)
+        stage.add_argument("--caption-noise", type=float, default=0.3,
+                           help="share of captions with one attribute redrawn (0: every caption right)")
         stage.add_argument("--seed", type=int, default=0)
         stage.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -446,7 +455,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         record = (train_sd if args.command == "sd" else train_flow)(
             args.out, args.vae, steps=args.steps, scenes=args.scenes, batch=args.batch, lr=args.lr,
-            caption_dropout=args.caption_dropout, seed=args.seed)
+            caption_dropout=args.caption_dropout, caption_noise=args.caption_noise, seed=args.seed)
     print(json.dumps(record, indent=1))
 
 
