@@ -87,7 +87,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 DEFAULT_RUN: dict[str, Any] = {"model": {"path": "digits"}, "guidance": {"scale": 3.0}}
-DEFAULT_TEXT_RUN: dict[str, Any] = {"model": {"path": "shapes-sd"}, "guidance": {"scale": 5.0}}
+DEFAULT_TEXT_RUN: dict[str, Any] = {"model": {"path": "shapes-sd"}, "guidance": {"scale": 3.0}}
 
 
 def _run_config(args: argparse.Namespace) -> tuple[dict[str, Any], str]:

@@ -6,7 +6,7 @@ command, settings and results to the model folder's training.json. The shipped m
 
     python -m guidance.app.train_shapes judge --out pipelines/models/shapes-judge
     python -m guidance.app.train_shapes vae --out VAE --threads 2
-    python -m guidance.app.train_shapes sd --vae VAE --out pipelines/models/shapes-sd --steps 6000
+    python -m guidance.app.train_shapes sd --vae VAE --out pipelines/models/shapes-sd --steps 10000 --caption-noise 0
     python -m guidance.app.train_shapes flow --vae VAE --out pipelines/models/shapes-flow --steps 5000
 
 in two stages, as latent diffusion does (Rombach et al., CVPR 2022): the autoencoder alone, then, with it frozen,
