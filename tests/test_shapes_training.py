@@ -101,6 +101,7 @@ def test_training_stages_run_and_save_loadable_pipelines(tmp_path) -> None:
         assert record["steps"] == 2 and record["autoencoder_training"]["steps"] == 2
         pipe = load_model(ModelSection(path=str(tmp_path / path), device="cpu"))
         assert type(pipe) is kind
+        assert pipe.text_encoder.config.eos_token_id == pipe.tokenizer.eos_token_id
         image = guidance.run(pipe, {"scale": 3.0}, prompt="a large red circle at the center on a blue background",
                              num_inference_steps=2, output_type="pt").images
         assert image.shape == (1, 3, 32, 32) and torch.isfinite(image).all()
