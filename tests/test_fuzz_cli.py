@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from guidance.app import evaluate as evaluate_module
 from guidance.app import generate as generate_module
+from guidance.app import tasks as tasks_module
 from guidance.app.cli import main
 
 EXAMPLES = 270  # per entry point: 4 × 270 = 1080 inputs
@@ -89,13 +90,14 @@ def quick(monkeypatch):
     def one_step(*args, **kwargs):
         return {**call_kwargs(*args, **kwargs), "num_inference_steps": 1}
 
-    def random_samples(pipe, setting, labels, seed, batch, progress=None):
-        noise = torch.randn((len(labels), *pipe.sample_shape), generator=torch.Generator().manual_seed(seed))
+    def random_samples(pipe, task, setting, seed, batch, progress=None):
+        noise = torch.randn((len(task.grid_labels), *task.latent_shape(pipe)),
+                            generator=torch.Generator().manual_seed(seed))
         return 1.5 * noise.tanh(), {"denoiser_rows": 0, "steps": []}, 0.0
 
     monkeypatch.setattr(generate_module, "call_kwargs", one_step)
     monkeypatch.setattr(evaluate_module, "generate", random_samples)
-    monkeypatch.setattr(evaluate_module, "load_digit_images", functools.cache(evaluate_module.load_digit_images))
+    monkeypatch.setattr(tasks_module, "load_digit_images", functools.cache(tasks_module.load_digit_images))
 
 
 def ends_cleanly(capsys, argv: list[str], allowed: tuple[int, ...] = (0, 2)) -> None:
