@@ -50,7 +50,7 @@ class Reference:
         return cls(real, frechet_distance(subset, real), precision, recall)
 
 
-def _common(features: np.ndarray, reference: Reference, samples: torch.Tensor) -> dict[str, float]:
+def _common(features: np.ndarray, reference: Reference) -> dict[str, float]:
     precision, recall = knn_precision_recall(reference.features, features)
     return {"fd": frechet_distance(features, reference.features), "fd_floor": reference.floor,
             "precision": precision, "recall": recall}
@@ -97,7 +97,7 @@ class DigitsTask:
         target = predicted if setting.unconditional else np.asarray(self.labels)
         return {"accuracy": float("nan") if setting.unconditional else float((predicted == target).mean()),
                 "confidence": float(probabilities[np.arange(len(target)), target].mean()),
-                **_common(features, self.reference, samples), "diversity": class_diversity(features, target),
+                **_common(features, self.reference), "diversity": class_diversity(features, target),
                 **saturation(samples.numpy())}
 
 
@@ -164,7 +164,7 @@ class ScenesTask:
         return {"accuracy": float("nan") if unconditional else float(np.all(list(right.values()), 0).mean()),
                 "confidence": float("nan") if unconditional else float(joint.mean()),
                 **{f"{name}_accuracy": float("nan") if unconditional else float(r.mean()) for name, r in right.items()},
-                **_common(features, self.reference, samples),
+                **_common(features, self.reference),
                 "diversity": class_diversity(features, np.zeros(len(rows)) if unconditional else groups),
                 "negative_share": negative_share(read, setting.negative_prompt), **saturation(samples.numpy())}
 

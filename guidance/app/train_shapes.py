@@ -143,6 +143,7 @@ def train_autoencoder(out: Path, steps: int = 4000, batch: int = 32, lr: float =
     generator = torch.Generator().manual_seed(seed)
     images = torch.from_numpy(generate(scenes, seed=seed).images)
     held_out, targets = one_object_scenes(check_scenes, seed=HELD_OUT_SEED)
+    judge = bundled_judge("shapes")
     vae = build_vae()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr)
     schedule = cosine_warmup(optimizer, steps, warmup=min(50, steps))
@@ -160,7 +161,7 @@ def train_autoencoder(out: Path, steps: int = 4000, batch: int = 32, lr: float =
         errors.append(squared.mean().item())
         if (step + 1) % 500 == 0:
             with torch.no_grad():
-                shape = judge_accuracy(bundled_judge("shapes"), vae.decode(vae.encode(held_out).latent_dist.mean)
+                shape = judge_accuracy(judge, vae.decode(vae.encode(held_out).latent_dist.mean)
                                        .sample, targets)["shape"]
             print(f"autoencoder step {step + 1}/{steps} mse {sum(errors[-500:]) / 500:.5f} judged shape on "
                   f"reconstructions {shape:.3f} ({time.time() - start:.0f} s)", flush=True)
@@ -174,7 +175,7 @@ def train_autoencoder(out: Path, steps: int = 4000, batch: int = 32, lr: float =
               "batch": batch, "lr": lr, "kl_weight": kl_weight, "object_weight": object_weight,
               "final_mse": sum(errors[-100:]) / 100,
               "held_out_mse": F.mse_loss(reconstructed, held_out).item(),
-              "judge_on_reconstructions": judge_accuracy(bundled_judge("shapes"), reconstructed, targets),
+              "judge_on_reconstructions": judge_accuracy(judge, reconstructed, targets),
               "parameters": sum(p.numel() for p in vae.parameters()), "wall_time_s": round(time.time() - start, 1),
               "torch_threads": torch.get_num_threads(), "device": "cpu"}
     (Path(out) / "training.json").write_text(json.dumps(record, indent=1))
