@@ -6,6 +6,7 @@ shapes-flow gains from guidance, and the CLI generates from a prompt."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,15 @@ def test_load_by_name_as_the_stock_pipelines(pipes) -> None:
     for name, kind in MODELS.items():
         assert type(pipes[name]) is kind
     assert pipes["shapes-flow"].text_encoder_3 is None and pipes["shapes-flow"].tokenizer_3 is None
+
+
+def test_a_stock_folder_loads_in_the_asked_dtype_without_deprecation_warnings() -> None:
+    """The loader names from_pretrained's dtype the way the installed diffusers expects (`dtype` where `torch_dtype`
+    is deprecated): no FutureWarning, and the weights arrive in bfloat16."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        pipe = load_model(ModelSection(path="shapes-sd", device="cpu", dtype="bfloat16"))
+    assert pipe.unet.dtype == pipe.text_encoder.dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("name", list(MODELS))

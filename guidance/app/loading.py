@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.utils import deprecation_utils
 
 from ..errors import GuidanceError, shorten
 from ..pipelines.adapters import adapter_for
@@ -20,6 +21,9 @@ from ..pipelines.schedulers import set_scheduler
 from .config import ModelSection
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# from_pretrained's dtype argument: `dtype` in diffusers releases that deprecate `torch_dtype` (they warn on it;
+# huggingface/diffusers#14205), `torch_dtype` in older ones, which do not know `dtype`
+DTYPE_KEYWORD = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
 
 
 def device_of(name: str) -> str:
@@ -66,10 +70,11 @@ def load_model(section: ModelSection, scheduler: str = "default", allow_pickle: 
             else:  # components saved as absent (SD3 without T5) are passed as None, which from_pretrained requires
                 absent = {name: None for name, value in components.items()
                           if isinstance(value, list) and value[:1] == [None]}
-                pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, use_safetensors=safetensors,
+                pipe = DiffusionPipeline.from_pretrained(path, **{DTYPE_KEYWORD: dtype}, use_safetensors=safetensors,
                                                          **absent)
         elif re.fullmatch(r"[\w.-]+/[\w.-]+", section.path) and not section.path.startswith("."):
-            pipe = DiffusionPipeline.from_pretrained(section.path, torch_dtype=dtype, use_safetensors=safetensors)
+            pipe = DiffusionPipeline.from_pretrained(section.path, **{DTYPE_KEYWORD: dtype},
+                                                     use_safetensors=safetensors)
         else:
             raise GuidanceError(f"No model at {shorten(section.path, 300)}. Use a bundled model "
                                 f"({', '.join(BUNDLED)}), a local pipeline folder, or a hub id such as "
