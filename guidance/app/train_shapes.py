@@ -7,7 +7,8 @@ command, settings and results to the model folder's training.json. The shipped m
     python -m guidance.app.train_shapes judge --out pipelines/models/shapes-judge
     python -m guidance.app.train_shapes vae --out VAE --threads 2
     python -m guidance.app.train_shapes sd --vae VAE --out pipelines/models/shapes-sd --steps 10000 --caption-noise 0
-    python -m guidance.app.train_shapes flow --vae VAE --out pipelines/models/shapes-flow --steps 5000
+    python -m guidance.app.train_shapes flow --vae VAE --out pipelines/models/shapes-flow --steps 10000 \
+        --caption-noise 0.15
 
 in two stages, as latent diffusion does (Rombach et al., CVPR 2022): the autoencoder alone, then, with it frozen,
 the denoiser and the text encoder(s) together on its latents (there is no pretrained text encoder for this
@@ -285,8 +286,8 @@ def training_record(settings: dict[str, Any], vae: Path, models: dict[str, torch
             "wall_time_s": round(time.time() - start, 1), "torch_threads": torch.get_num_threads(), "device": "cpu"}
 
 
-def train_sd(out: Path, vae: Path, steps: int = 6000, scenes: int = 30000, batch: int = 64, lr: float = 1e-3,
-             caption_dropout: float = 0.1, caption_noise: float = 0.3, ema_decay: float = 0.999,
+def train_sd(out: Path, vae: Path, steps: int = 10000, scenes: int = 30000, batch: int = 64, lr: float = 1e-3,
+             caption_dropout: float = 0.1, caption_noise: float = 0.0, ema_decay: float = 0.999,
              seed: int = 0) -> dict[str, Any]:
     """Stage 2 of `shapes-sd`: with the autoencoder frozen, the UNet and the CLIP text encoder together (there is no
     pretrained text encoder for this vocabulary), v-prediction on the cosine schedule, the text as the stock
@@ -374,8 +375,8 @@ class RepeatedRowAttention:
         return attn.to_out[1](attn.to_out[0](image)), text if attn.context_pre_only else attn.to_add_out(text)
 
 
-def train_flow(out: Path, vae: Path, steps: int = 5000, scenes: int = 30000, batch: int = 64, lr: float = 1e-3,
-               caption_dropout: float = 0.1, caption_noise: float = 0.3, ema_decay: float = 0.999,
+def train_flow(out: Path, vae: Path, steps: int = 10000, scenes: int = 30000, batch: int = 64, lr: float = 1e-3,
+               caption_dropout: float = 0.1, caption_noise: float = 0.15, ema_decay: float = 0.999,
                seed: int = 0) -> dict[str, Any]:
     """Stage 2 of `shapes-flow`: with the autoencoder frozen, SD3's MM-DiT and its two CLIP text encoders together,
     by rectified flow matching (x_t = (1 − σ)·x0 + σ·ε, target ε − x0, σ logit-normal(0, 1) as Esser et al.,
@@ -432,18 +433,18 @@ def main(argv: list[str] | None = None) -> None:
     vae.add_argument("--batch", type=int, default=32)
     vae.add_argument("--seed", type=int, default=0)
     vae.add_argument("--threads", type=int, default=1)
-    for name, steps, help_text in (("sd", 6000, "train shapes-sd (StableDiffusionPipeline) on a trained autoencoder"),
-                                   ("flow", 5000, "train shapes-flow (StableDiffusion3Pipeline) on a trained "
+    for name, noise, help_text in (("sd", 0.0, "train shapes-sd (StableDiffusionPipeline) on a trained autoencoder"),
+                                   ("flow", 0.15, "train shapes-flow (StableDiffusion3Pipeline) on a trained "
                                                   "autoencoder")):
         stage = sub.add_parser(name, help=help_text)
         stage.add_argument("--out", type=Path, required=True)
         stage.add_argument("--vae", type=Path, required=True, help="the folder `vae` wrote")
-        stage.add_argument("--steps", type=int, default=steps)
+        stage.add_argument("--steps", type=int, default=10000)
         stage.add_argument("--scenes", type=int, default=30000)
         stage.add_argument("--batch", type=int, default=64)
         stage.add_argument("--lr", type=float, default=1e-3)
         stage.add_argument("--caption-dropout", type=float, default=0.1)
-        stage.add_argument("--caption-noise", type=float, default=0.3,
+        stage.add_argument("--caption-noise", type=float, default=noise,
                            help="share of captions with one attribute redrawn (0: every caption right)")
         stage.add_argument("--seed", type=int, default=0)
         stage.add_argument("--threads", type=int, default=1)
