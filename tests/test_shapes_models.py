@@ -78,6 +78,7 @@ def test_quality_bar_on_500_one_object_prompts(pipes, name, best_scale, steps) -
                            samples=500, progress=False, pipelines=pipes)
     assert best["accuracy"] >= 0.9
     assert 1 - plain["accuracy"] >= 3 * (1 - best["accuracy"]) and plain["accuracy"] <= best["accuracy"] - 0.05
+    assert best["fd"] < float("inf") and best["fd_floor"] > 0
 
 
 def test_generate_from_a_prompt_on_the_bundled_text_model(tmp_path, monkeypatch) -> None:
